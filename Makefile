@@ -1,0 +1,43 @@
+# serving: `make run` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+export SERVING_MODEL_STORE ?= model_store
+
+.PHONY: run test lint check demo venv dev clean
+
+# The runtime virtualenv: re-made whenever requirements.txt changes.
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# Test and lint tools on top of the runtime.
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.runtime
+dev: $(VENV)/.dev
+
+demo: venv
+	$(PY) -m serving demo
+
+run: demo
+	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
+
+test: dev
+	$(PY) -m pytest
+
+# `lint` fixes what it can; `check` only reads (CI-safe).
+lint: dev
+	$(VENV)/bin/ruff format serving tests gunicorn.conf.py
+	$(VENV)/bin/ruff check --fix serving tests gunicorn.conf.py
+
+check: dev
+	$(VENV)/bin/ruff format --check serving tests gunicorn.conf.py
+	$(VENV)/bin/ruff check serving tests gunicorn.conf.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

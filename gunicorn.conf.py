@@ -1,0 +1,78 @@
+"""gunicorn settings for serving. Every value says why it is set and its sensible range.
+
+Run: `gunicorn -c gunicorn.conf.py` (what `make run` and the Dockerfile do).
+"""
+
+import multiprocessing
+import os
+
+from serving.logs import logging_config
+
+# --- BLAS/OpenMP threads ----------------------------------------------------------------------
+# One thread per worker: N workers x M BLAS threads would oversubscribe the cores. Set here,
+# before any worker imports numpy, so every forked worker inherits it. Scale with workers.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+# --- the app ----------------------------------------------------------------------------------
+# A factory call: each worker builds its own app, loader, StatsD socket and poll thread.
+wsgi_app = "serving.app:create_app()"
+# Off by default: with hot swap each worker loads new versions itself, so copy-on-write sharing
+# of the first version is lost at the first swap. Turn on only to save memory on huge models.
+preload_app = os.environ.get("GUNICORN_PRELOAD", "").lower() in ("1", "true", "yes")
+
+# --- socket -----------------------------------------------------------------------------------
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+# Pending connections the kernel queues while every worker is busy (64-2048).
+backlog = int(os.environ.get("GUNICORN_BACKLOG", "2048"))
+
+# --- workers ----------------------------------------------------------------------------------
+# Sync workers: prediction is CPU-bound, one request per process at a time. Default: one per core
+# (2-4 x cores only helps when requests wait on I/O, which ours do not).
+worker_class = "sync"
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+# Recycle a worker after this many requests (+ jitter so they do not all restart together)
+# to bound slow leaks in third-party code. 0 disables. A restarted worker loads the current
+# versions before it accepts a request.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
+max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "2000"))
+
+# --- timeouts ---------------------------------------------------------------------------------
+# A worker silent for `timeout` s is killed. The app answers far sooner on its own: bodies are
+# capped by SERVING_MAX_BODY_BYTES and batches by SERVING_MAX_INSTANCES. Boot (loading the
+# deployed models) also counts, so keep it above the slowest model load (30-300).
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+# On SIGTERM, workers finish in-flight requests for up to this long before being killed (10-60).
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+# Sync workers close the connection after each response; keep-alive applies to other classes.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+
+# --- files ------------------------------------------------------------------------------------
+# The heartbeat file lives in RAM: on a disk-backed /tmp a slow disk can stall the heartbeat and
+# get healthy workers killed (Docker's /tmp is overlayfs).
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# gunicorn's control socket (`gunicornc`) is an extra way in that we do not use: off.
+control_socket_disable = True
+
+# --- logging ----------------------------------------------------------------------------------
+# The same JSON dictConfig as the app; the app logs one line per request itself, so gunicorn's
+# access log is off to avoid a second line per request.
+logconfig_dict = logging_config(os.environ.get("SERVING_LOG_LEVEL", "INFO").upper())
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("SERVING_LOG_LEVEL", "INFO").lower()
+capture_output = False
+
+
+# --- hooks ------------------------------------------------------------------------------------
+def post_worker_init(worker):
+    """Start the model poll thread in the worker (never in the master: threads die at fork)."""
+    from serving.state import get_state
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "serving" in getattr(app, "extensions", {}):
+        get_state(app).loader.ensure_polling()
+
+
+def worker_int(worker):
+    worker.log.info("worker received INT or QUIT signal")

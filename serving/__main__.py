@@ -1,0 +1,5 @@
+"""`python -m serving ...`: the command line."""
+
+from serving.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""HTTP layer: thin Flask blueprints over the Flask-free core."""

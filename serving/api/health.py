@@ -1,0 +1,23 @@
+"""Liveness and readiness for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from serving.api.jsonio import json_response
+from serving.state import get_state
+
+bp = Blueprint("health", __name__, url_prefix="/health")
+
+
+@bp.get("/live")
+def live() -> Response:
+    return json_response({"status": "alive"})
+
+
+@bp.get("/ready")
+def ready() -> Response:
+    ok, waiting = get_state().loader.ready()
+    if ok:
+        return json_response({"status": "ready"})
+    return json_response({"status": "not_ready", "waiting": waiting}, 503)

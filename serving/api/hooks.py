@@ -1,0 +1,56 @@
+"""Per-request bookkeeping: request id, one JSON log line, StatsD timings."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+
+from serving.state import get_state
+
+log = logging.getLogger("serving.request")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def register(app: Flask) -> None:
+    app.before_request(_start)
+    app.after_request(_finish)
+
+
+def _start() -> None:
+    g.t0 = time.perf_counter()
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
+    g.model = g.version = g.rows = None
+    g.class_counts = ()
+
+
+def _finish(response: Response) -> Response:
+    duration_ms = (time.perf_counter() - g.get("t0", time.perf_counter())) * 1000.0
+    request_id = g.get("request_id") or uuid.uuid4().hex
+    response.headers["X-Request-ID"] = request_id
+    model, version = g.get("model"), g.get("version")
+    if version is not None:
+        response.headers["X-Model-Version"] = str(version)
+    state = get_state()
+    state.metrics.request(
+        response.status_code, duration_ms, model, version, g.get("class_counts", ())
+    )
+    log.info(
+        "request",
+        extra={
+            "request_id": request_id,
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "model": model,
+            "version": version,
+            "variant": g.get("variant"),
+            "rows": g.get("rows"),
+            "duration_ms": round(duration_ms, 3),
+        },
+    )
+    return response

@@ -1,0 +1,59 @@
+"""JSON in and out: strict content type, bounded body, fast orjson with a precise fallback."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+from flask import Request, Response
+
+from serving.errors import MalformedRequest, UnsupportedMediaType
+
+_DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_JSON_TYPES = ("application/json",)
+
+
+def read_json(request: Request) -> tuple[Any, bool]:
+    """Parse the body as JSON. Returns (payload, may_have_bools).
+
+    `may_have_bools` is False when the body holds no more `true`/`false` tokens than the
+    top-level fields account for, which lets numeric validation skip a per-value scan.
+    NaN/Infinity (not JSON) are let through as floats so validation can name their row.
+    """
+    mimetype = request.mimetype
+    if mimetype and mimetype not in _JSON_TYPES and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"Content-Type {mimetype!r} is not supported: send application/json",
+            {"content_type": mimetype},
+        )
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType(f"charset {charset!r} is not supported: send utf-8")
+    body = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH, chunked or not
+    if not body.strip():
+        raise MalformedRequest("the request body is empty: send a JSON object")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = _lenient_loads(body)
+    tokens = body.count(b"true") + body.count(b"false")
+    top_level = sum(type(v) is bool for v in payload.values()) if type(payload) is dict else 0
+    return payload, tokens > top_level
+
+
+def _lenient_loads(body: bytes) -> Any:
+    try:
+        return json.loads(body)  # also takes NaN, Infinity and integers past 64 bits
+    except UnicodeDecodeError:
+        raise MalformedRequest("the request body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise MalformedRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedRequest("malformed JSON: nested too deeply") from None
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(orjson.dumps(body, option=_DUMP_OPTIONS), status=status, headers=headers)
+    response.mimetype = "application/json"
+    return response

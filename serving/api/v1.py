@@ -1,0 +1,97 @@
+"""The native API (DESIGN §4): list and describe models, predict by alias or pinned version."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Blueprint, Response, g, request
+from marshmallow import ValidationError
+
+from serving.api.jsonio import json_response, read_json
+from serving.api.schemas import PredictRequestSchema
+from serving.errors import InvalidInput, ModelNotFound
+from serving.loader import LoadedModel
+from serving.predict import predict
+from serving.state import get_state
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+_PREDICT_SCHEMA = PredictRequestSchema()
+
+
+@bp.post("/models/<name>/predict")
+def predict_default(name: str) -> Response:
+    payload, may_have_bools = _load_envelope()
+    return _predict(get_state().loader.resolve(name), payload, may_have_bools)
+
+
+@bp.post("/models/<name>/versions/<int:version>/predict")
+def predict_version(name: str, version: int) -> Response:
+    payload, may_have_bools = _load_envelope()
+    return _predict(get_state().loader.get_version(name, version), payload, may_have_bools)
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    state = get_state()
+    return json_response({"models": [_model_summary(name) for name in state.store.list_models()]})
+
+
+@bp.get("/models/<name>")
+def show_model(name: str) -> Response:
+    if not get_state().store.exists(name):
+        raise ModelNotFound(f"model {name!r} is not in the store", {"model": name})
+    return json_response(_model_summary(name, detailed=True))
+
+
+@bp.get("/models/<name>/versions/<int:version>")
+def show_version(name: str, version: int) -> Response:
+    metadata = get_state().store.read_metadata(name, version)
+    return json_response(metadata)
+
+
+def _load_envelope() -> tuple[dict[str, Any], bool]:
+    payload, may_have_bools = read_json(request)
+    try:
+        return _PREDICT_SCHEMA.load(payload), may_have_bools
+    except ValidationError as err:
+        raise InvalidInput("the request does not match the schema", err.messages_dict) from None
+
+
+def _predict(loaded: LoadedModel, payload: dict[str, Any], may_have_bools: bool) -> Response:
+    g.model, g.version = loaded.name, loaded.version
+    settings = get_state().settings
+    result = predict(
+        loaded,
+        payload["instances"],
+        return_proba=payload["return_proba"],
+        max_instances=settings.max_instances,
+        may_have_bools=may_have_bools,
+    )
+    g.rows = result.rows
+    g.class_counts = result.class_counts()
+    body = result.body()
+    body["request_id"] = g.request_id
+    return json_response(body)
+
+
+def _model_summary(name: str, detailed: bool = False) -> dict[str, Any]:
+    state = get_state()
+    deployment = state.store.read_deployment(name)
+    live = state.loader.states().get(name)
+    serving = {alias: m.version for alias, m in live.serving.items()} if live else {}
+    out: dict[str, Any] = {
+        "name": name,
+        "versions": state.store.versions(name),
+        "aliases": deployment["aliases"],
+        "serving": serving,
+    }
+    if detailed:
+        out["problems"] = dict(live.problems) if live else {}
+        out["worker"] = {"pid": os.getpid()}
+        loaded = next(iter(live.serving.values()), None) if live else None
+        if loaded is not None:
+            out["task"] = loaded.task
+            out["features"] = loaded.schema.describe()
+            out["classes"] = loaded.classes
+    return out

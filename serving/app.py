@@ -1,0 +1,52 @@
+"""The application factory. Nothing happens at import; `create_app` builds everything."""
+
+from __future__ import annotations
+
+from flask import Flask
+from threadpoolctl import threadpool_limits
+
+from serving.api import errors, health, hooks, v1
+from serving.loader import ModelLoader
+from serving.logs import init_logging
+from serving.metrics import make_metrics
+from serving.settings import Settings
+from serving.state import EXTENSION, ServingState
+from serving.store import ModelStore
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask("serving")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    init_runtime(settings)
+    init_state(app, settings)
+    hooks.register(app)
+    errors.register(app)
+    app.register_blueprint(v1.bp)
+    app.register_blueprint(health.bp)
+    return app
+
+
+def init_runtime(settings: Settings) -> None:
+    if settings.configure_logging:
+        init_logging(settings.log_level)
+    # One BLAS/OpenMP thread per worker: scale with gunicorn workers, not threads.
+    threadpool_limits(limits=1)
+
+
+def init_state(app: Flask, settings: Settings) -> ServingState:
+    metrics = make_metrics(settings.statsd_host, settings.statsd_port, settings.statsd_prefix)
+    store = ModelStore(settings.model_store)
+    loader = ModelLoader(
+        store,
+        metrics,
+        poll_interval=settings.poll_interval,
+        allow_version_mismatch=settings.allow_version_mismatch,
+        pinned_cache_size=settings.pinned_cache_size,
+    )
+    loader.refresh()  # a (re)started worker serves the current versions from its first request
+    if settings.start_poller:
+        loader.ensure_polling()
+    state = ServingState(settings, store, loader, metrics)
+    app.extensions[EXTENSION] = state
+    return state

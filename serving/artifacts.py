@@ -1,0 +1,254 @@
+"""Model artifacts: describe a fitted estimator at registration, verify and load it later.
+
+joblib/pickle runs code when it loads: the store is trusted input. Loading still checks the
+sha256 recorded at registration and the scikit-learn version the model was saved with.
+"""
+
+from __future__ import annotations
+
+import platform
+import warnings
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn.base import is_classifier, is_regressor
+
+from serving.errors import StoreError
+from serving.fsutil import sha256_file
+from serving.schema import CATEGORICAL, NUMERIC, InputSchema
+
+ARTIFACT_NAME = "model.joblib"
+ACCEPTED_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+
+class ModelLoadError(Exception):
+    """A version cannot serve; `reason` is one line for logs, `models show` and the API."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_artifact(path: Path) -> Any:
+    """Unpickle a candidate artifact at registration, with a clear error if it is not a model."""
+    if path.suffix.lower() not in ACCEPTED_SUFFIXES:
+        raise StoreError(
+            f"{path.name}: unsupported artifact type; expected one of {', '.join(ACCEPTED_SUFFIXES)}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = joblib.load(path)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no such file") from None
+    except Exception as exc:  # any unpickling failure is the artifact's fault
+        raise StoreError(f"{path.name}: cannot be loaded ({type(exc).__name__}: {exc})") from None
+    if not callable(getattr(model, "predict", None)):
+        raise StoreError(f"{path.name}: {type(model).__name__} has no predict method")
+    return model
+
+
+def describe_model(
+    model: Any, reference: pd.DataFrame | None, categorical: set[str] | None = None
+) -> dict[str, Any]:
+    """The metadata fields that come from the fitted model and its reference data."""
+    names = _feature_names(model)
+    n_features = _n_features(model, names, reference)
+    kinds = _feature_kinds(model, names, n_features, reference, categorical or set())
+    schema = InputSchema(n_features, names, kinds, frame=names is not None)
+    sample = _sample_rows(schema, reference, model)
+    task = "classifier" if is_classifier(model) else "regressor" if is_regressor(model) else "other"
+    classes = getattr(model, "classes_", None)
+    meta: dict[str, Any] = {
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "task": task,
+        "classes": _plain(classes) if classes is not None and task == "classifier" else None,
+        "predict_proba": task == "classifier" and hasattr(model, "predict_proba"),
+        "n_features": n_features,
+        "feature_names": names,
+        "features": [{"name": label, "kind": kind} for label, kind in zip(schema.labels, kinds)],
+        "frame_input": names is not None,
+        "sample_input": sample,
+        "python_version": platform.python_version(),
+        "sklearn_version": sklearn.__version__,
+        "numpy_version": np.__version__,
+    }
+    _smoke_test(model, schema, sample)
+    return meta
+
+
+def load_version(version_dir: Path, metadata: dict[str, Any], allow_mismatch: bool) -> Any:
+    """Verify and unpickle one stored version, or raise ModelLoadError with the reason."""
+    path = version_dir / metadata.get("artifact", ARTIFACT_NAME)
+    if not path.is_file():
+        raise ModelLoadError(f"artifact {path.name} is missing")
+    actual = sha256_file(path)
+    if actual != metadata.get("sha256"):
+        raise ModelLoadError(
+            f"sha256 mismatch: metadata says {str(metadata.get('sha256'))[:12]}..., "
+            f"file is {actual[:12]}... (artifact changed or corrupt)"
+        )
+    trained = metadata.get("sklearn_version")
+    if trained != sklearn.__version__ and not allow_mismatch:
+        raise ModelLoadError(
+            f"trained with scikit-learn {trained}, this server runs {sklearn.__version__} "
+            "(retrain, or set SERVING_ALLOW_VERSION_MISMATCH=true to load it anyway)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = joblib.load(path)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot unpickle {path.name}: {type(exc).__name__}: {exc}") from None
+    if not callable(getattr(model, "predict", None)):
+        raise ModelLoadError(f"{type(model).__name__} has no predict method")
+    return model
+
+
+def _feature_names(model: Any) -> list[str] | None:
+    names = getattr(model, "feature_names_in_", None)
+    return [str(name) for name in names] if names is not None else None
+
+
+def _n_features(model: Any, names: list[str] | None, reference: pd.DataFrame | None) -> int:
+    if names is not None:
+        return len(names)
+    n = getattr(model, "n_features_in_", None)
+    if n is not None:
+        return int(n)
+    if reference is not None:
+        return reference.shape[1]
+    raise StoreError(
+        "cannot tell how many features the model takes (no n_features_in_): "
+        "pass --reference-data with one column per feature"
+    )
+
+
+def _feature_kinds(
+    model: Any,
+    names: list[str] | None,
+    n_features: int,
+    reference: pd.DataFrame | None,
+    categorical: set[str],
+) -> list[str]:
+    labels = names or [str(i) for i in range(n_features)]
+    kinds = [NUMERIC] * n_features
+    for j in _encoded_string_columns(model, labels):
+        kinds[j] = CATEGORICAL
+    if reference is not None:
+        columns = _reference_columns(reference, names, n_features)
+        for j, column in enumerate(columns):
+            if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+                kinds[j] = CATEGORICAL
+    unknown = categorical - set(labels)
+    if unknown:
+        raise StoreError(f"--categorical names unknown features: {', '.join(sorted(unknown))}")
+    for j, label in enumerate(labels):
+        if label in categorical:
+            kinds[j] = CATEGORICAL
+    return kinds
+
+
+def _encoded_string_columns(model: Any, labels: list[str]) -> set[int]:
+    """Columns that a fitted ColumnTransformer sends to an encoder fitted on strings."""
+    found: set[int] = set()
+    for transformer in _walk(model):
+        for _, inner, columns in getattr(transformer, "transformers_", []) or []:
+            if not any(_has_string_categories(step) for step in _walk(inner)):
+                continue
+            for column in _as_list(columns):
+                if isinstance(column, str) and column in labels:
+                    found.add(labels.index(column))
+                elif isinstance(column, (int, np.integer)) and 0 <= column < len(labels):
+                    found.add(int(column))
+    return found
+
+
+def _walk(estimator: Any) -> list[Any]:
+    steps = getattr(estimator, "steps", None)
+    if steps:
+        return [estimator] + [item for _, step in steps for item in _walk(step)]
+    return [estimator]
+
+
+def _has_string_categories(estimator: Any) -> bool:
+    categories = getattr(estimator, "categories_", None)
+    return bool(categories) and any(np.asarray(c).dtype.kind in "OUS" for c in categories)
+
+
+def _as_list(columns: Any) -> list[Any]:
+    if isinstance(columns, (str, int, np.integer)):
+        return [columns]
+    if isinstance(columns, slice) or callable(columns):
+        return []
+    array = np.asarray(columns)
+    if array.dtype == bool:
+        return [int(i) for i in np.flatnonzero(array)]
+    return list(array.tolist())
+
+
+def _reference_columns(
+    reference: pd.DataFrame, names: list[str] | None, n_features: int
+) -> list[pd.Series]:
+    if names is not None:
+        missing = [name for name in names if name not in reference.columns]
+        if missing:
+            raise StoreError(f"reference data lacks feature columns: {', '.join(missing[:10])}")
+        return [reference[name] for name in names]
+    if reference.shape[1] != n_features:
+        raise StoreError(
+            f"reference data has {reference.shape[1]} columns, the model takes {n_features}"
+        )
+    return [reference.iloc[:, j] for j in range(n_features)]
+
+
+def _sample_rows(
+    schema: InputSchema, reference: pd.DataFrame | None, model: Any
+) -> list[list[Any]]:
+    if reference is not None:
+        columns = _reference_columns(reference, schema.names, schema.n_features)
+        frame = pd.concat(columns, axis=1).dropna().head(3)
+        if len(frame):
+            return [[_plain(v) for v in row] for row in frame.itertuples(index=False)]
+    categories = _first_categories(model, schema.labels)
+    return [
+        [categories.get(j, "") if kind == CATEGORICAL else 0.0 for j, kind in enumerate(schema.kinds)]
+    ]
+
+
+def _first_categories(model: Any, labels: list[str]) -> dict[int, Any]:
+    first: dict[int, Any] = {}
+    for transformer in _walk(model):
+        for _, inner, columns in getattr(transformer, "transformers_", []) or []:
+            encoders = [step for step in _walk(inner) if getattr(step, "categories_", None)]
+            for encoder in encoders:
+                for column, cats in zip(_as_list(columns), encoder.categories_):
+                    j = labels.index(column) if isinstance(column, str) and column in labels else column
+                    if isinstance(j, int) and len(cats):
+                        first.setdefault(j, _plain(cats[0]))
+    return first
+
+
+def _smoke_test(model: Any, schema: InputSchema, sample: list[list[Any]]) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.predict(schema.convert(sample))
+    except Exception as exc:
+        raise StoreError(
+            f"the model failed to predict on its sample input ({type(exc).__name__}: {exc}); "
+            "pass --reference-data with real rows, or --categorical for string features"
+        ) from None
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays to JSON-able Python values."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,304 @@
+"""The per-worker model loader: follows the store's deployment files and hot-swaps versions.
+
+A poll compares each model's `deployment.json` (inode, mtime, size) with what it last saw. On a
+change it loads and verifies every newly wanted version *before* anything is dropped, then
+replaces one dict reference, so a request sees either the old state or the new one. A version
+that fails to load is remembered with its reason and not retried until its files change; the
+alias keeps serving what it served before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving import artifacts
+from serving.errors import ModelNotFound, ModelUnavailable, ServingError, StoreError
+from serving.metrics import Metrics
+from serving.schema import InputSchema
+from serving.store import DEFAULT_ALIAS, ModelStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One verified version in memory, with everything the hot path needs precomputed."""
+
+    name: str
+    version: int
+    model: Any
+    metadata: dict[str, Any]
+    schema: InputSchema
+    loaded_at: float
+
+    @property
+    def task(self) -> str:
+        return str(self.metadata.get("task", "other"))
+
+    @property
+    def classes(self) -> list[Any] | None:
+        return self.metadata.get("classes")
+
+    @property
+    def can_proba(self) -> bool:
+        return bool(self.metadata.get("predict_proba"))
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What one worker serves for one model; replaced whole on every change."""
+
+    name: str
+    signature: tuple[int, int, int] | None
+    wanted: dict[str, int]
+    serving: dict[str, LoadedModel]
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def versions(self) -> dict[int, LoadedModel]:
+        return {loaded.version: loaded for loaded in self.serving.values()}
+
+
+class ModelLoader:
+    """Owns the models of one worker process. Built by `create_app`, one per app."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        metrics: Metrics,
+        poll_interval: float = 1.0,
+        allow_version_mismatch: bool = False,
+        pinned_cache_size: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._interval = poll_interval
+        self._allow_mismatch = allow_version_mismatch
+        self._pinned_size = pinned_cache_size
+        self._clock = clock
+        self._states: dict[str, ModelState] = {}
+        self._failures: dict[tuple[str, int], tuple[tuple[int, ...], str]] = {}
+        self._pinned: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()  # serialises refreshes
+        self._pinned_lock = threading.Lock()  # guards the pinned LRU only: never held for a load
+        self._last_poll = float("-inf")
+        self._thread: threading.Thread | None = None
+        self._thread_pid = -1
+        self._stop = threading.Event()
+
+    # -- the hot path --------------------------------------------------------------------
+
+    def resolve(self, name: str, alias: str = DEFAULT_ALIAS) -> LoadedModel:
+        """The model serving `alias`, or ModelNotFound / ModelUnavailable."""
+        state = self._states.get(name)
+        if state is None:
+            raise ModelNotFound(f"model {name!r} is not deployed", {"model": name})
+        loaded = state.serving.get(alias)
+        if loaded is not None:
+            return loaded
+        if alias in state.wanted:
+            reason = state.problems.get(alias, "not loaded yet")
+            raise ModelUnavailable(
+                f"model {name!r} alias {alias!r} has no loaded version: {reason}",
+                {"model": name, "alias": alias, "wanted": state.wanted[alias]},
+            )
+        raise ModelNotFound(
+            f"model {name!r} has no alias {alias!r}", {"model": name, "alias": alias}
+        )
+
+    def get_version(self, name: str, version: int) -> LoadedModel:
+        """A pinned version: a deployed one from memory, another one through a small LRU."""
+        state = self._states.get(name)
+        if state is not None:
+            for loaded in state.serving.values():
+                if loaded.version == version:
+                    return loaded
+        key = (name, version)
+        with self._pinned_lock:
+            loaded = self._pinned.get(key)
+            if loaded is not None:
+                self._pinned.move_to_end(key)
+                return loaded
+        self._store.version_dir(name, version)  # 404 for an unknown model or version
+        if self._pinned_size == 0:
+            raise ModelUnavailable(
+                f"model {name!r} version {version} is not deployed", {"model": name}
+            )
+        loaded = self._load_or_explain(name, version)
+        with self._pinned_lock:
+            self._pinned[key] = loaded
+            while len(self._pinned) > self._pinned_size:
+                self._pinned.popitem(last=False)
+        return loaded
+
+    # -- following the store -------------------------------------------------------------
+
+    def maybe_refresh(self) -> bool:
+        """Refresh if a poll interval has passed since the last one; True when it ran."""
+        now = self._clock()
+        if now - self._last_poll < self._interval:
+            return False
+        self.refresh()
+        return True
+
+    def refresh(self) -> None:
+        """Bring every model's state in line with its deployment file (serialised)."""
+        with self._lock:
+            self._last_poll = self._clock()
+            names = self._store.list_models()
+            states = dict(self._states)
+            changed = False
+            for name in names:
+                signature = self._signature(name)
+                old = states.get(name)
+                if old is not None and old.signature == signature:
+                    continue
+                states[name] = self._reconcile(name, signature, old)
+                changed = True
+            for gone in set(states) - set(names):
+                del states[gone]
+                changed = True
+            if changed:
+                self._states = states  # the one swap every request sees atomically
+
+    def _signature(self, name: str) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._store.deployment_path(name))
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _reconcile(
+        self, name: str, signature: tuple[int, int, int] | None, old: ModelState | None
+    ) -> ModelState:
+        try:
+            wanted = self._store.read_deployment(name)["aliases"]
+        except (StoreError, ValueError, TypeError) as exc:
+            log.error("cannot read deployment of %s: %s", name, exc, extra={"model": name})
+            return old or ModelState(name, signature, {}, {}, {})
+        previous = old.serving if old else {}
+        available = {m.version: m for m in previous.values()}
+        serving: dict[str, LoadedModel] = {}
+        problems: dict[str, str] = {}
+        for alias, version in wanted.items():
+            loaded = available.get(version) or self._try_load(name, version)
+            if isinstance(loaded, LoadedModel):
+                available[version] = loaded
+                serving[alias] = loaded
+                self._metrics.serving_version(name, alias, version)
+                continue
+            problems[alias] = f"version {version} failed to load: {loaded}"
+            if alias in previous:
+                serving[alias] = previous[alias]
+                problems[alias] += f"; still serving version {previous[alias].version}"
+        return ModelState(name, signature, dict(wanted), serving, problems)
+
+    def _try_load(self, name: str, version: int) -> LoadedModel | str:
+        """Load a version, or return the (remembered) reason it cannot serve."""
+        files = self._files_signature(name, version)
+        failed = self._failures.get((name, version))
+        if failed is not None and failed[0] == files:
+            return failed[1]
+        try:
+            loaded = self._load(name, version)
+        except (artifacts.ModelLoadError, ServingError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            self._failures[(name, version)] = (files, reason)
+            self._metrics.swap(name, ok=False)
+            log.error(
+                "model %s version %s cannot serve: %s", name, version, reason,
+                extra={"model": name, "version": version, "event": "load_failed"},
+            )
+            return reason
+        self._failures.pop((name, version), None)
+        self._metrics.swap(name, ok=True)
+        log.info(
+            "model %s version %s loaded", name, version,
+            extra={"model": name, "version": version, "event": "loaded"},
+        )
+        return loaded
+
+    def _load_or_explain(self, name: str, version: int) -> LoadedModel:
+        result = self._try_load(name, version)
+        if isinstance(result, LoadedModel):
+            return result
+        raise ModelUnavailable(
+            f"model {name!r} version {version} cannot serve: {result}",
+            {"model": name, "version": version},
+        )
+
+    def _files_signature(self, name: str, version: int) -> tuple[int, ...]:
+        out: list[int] = []
+        try:
+            folder = self._store.version_dir(name, version)
+        except ServingError:
+            return (-1,)
+        for filename in ("metadata.json", artifacts.ARTIFACT_NAME):
+            try:
+                st = os.stat(folder / filename)
+                out += [st.st_ino, st.st_mtime_ns, st.st_size]
+            except FileNotFoundError:
+                out += [-1]
+        return tuple(out)
+
+    def _load(self, name: str, version: int) -> LoadedModel:
+        folder = self._store.version_dir(name, version)
+        metadata = self._store.read_metadata(name, version)
+        model = artifacts.load_version(folder, metadata, self._allow_mismatch)
+        schema = InputSchema.from_metadata(metadata)
+        sample = metadata.get("sample_input") or []
+        if sample:  # warm up (first-call costs) and prove it answers before it serves
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model.predict(schema.convert(sample))
+            except Exception as exc:
+                raise artifacts.ModelLoadError(
+                    f"fails on its own sample input: {type(exc).__name__}: {exc}"
+                ) from None
+        return LoadedModel(name, version, model, metadata, schema, self._clock())
+
+    # -- status ----------------------------------------------------------------------------
+
+    def states(self) -> dict[str, ModelState]:
+        return dict(self._states)
+
+    def ready(self) -> tuple[bool, dict[str, str]]:
+        """True when every model with a deployment serves a version for each of its aliases."""
+        waiting = {}
+        for name, state in self._states.items():
+            for alias in state.wanted:
+                if alias not in state.serving:
+                    waiting[f"{name}:{alias}"] = state.problems.get(alias, "not loaded")
+        return not waiting, waiting
+
+    # -- the poller thread -----------------------------------------------------------------
+
+    def ensure_polling(self) -> None:
+        """Start the poll thread in this process if it is not running (fork-safe)."""
+        if self._thread_pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+            return
+        self._thread_pid = os.getpid()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)
+        self._thread.start()
+
+    def stop_polling(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _poll_forever(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.refresh()
+            except Exception:  # the poller must outlive any one bad poll
+                log.exception("model poll failed")

@@ -1,0 +1,56 @@
+"""Logging: one dictConfig (JSON lines on stdout) shared by the app and gunicorn."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from typing import Any
+
+from flask import g, has_request_context
+
+_FORMAT = "%(levelname)s %(name)s %(process)d %(message)s"
+
+
+class RequestContextFilter(logging.Filter):
+    """Adds the current request id to every record logged while a request is handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id") and has_request_context():
+            record.request_id = g.get("request_id")
+        return True
+
+
+def logging_config(level: str = "INFO") -> dict[str, Any]:
+    """The one logging configuration; `gunicorn.conf.py` passes it as `logconfig_dict`."""
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "json",
+        "filters": ["request_context"],
+        "stream": "ext://sys.stdout",
+    }
+    quiet = {"level": level, "handlers": ["stdout"], "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_context": {"()": "serving.logs.RequestContextFilter"}},
+        "formatters": {
+            "json": {
+                "()": "pythonjsonlogger.json.JsonFormatter",
+                "fmt": _FORMAT,
+                "rename_fields": {"levelname": "level", "name": "logger"},
+                "timestamp": True,  # ISO 8601 UTC, as "timestamp"
+            }
+        },
+        "handlers": {"stdout": handler},
+        "root": {"level": level, "handlers": ["stdout"]},
+        "loggers": {
+            "gunicorn.error": quiet,
+            # The app logs one line per request itself; gunicorn's access line would be a second.
+            "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
+            "werkzeug": {"level": "WARNING"},
+        },
+    }
+
+
+def init_logging(level: str) -> None:
+    logging.config.dictConfig(logging_config(level))

@@ -1,0 +1,99 @@
+"""StatsD metrics, fire and forget: a send never raises into a request or blocks on a peer.
+
+Names (DESIGN §5), under the configured prefix:
+  request.<model>.<version>          timer, ms, per prediction request
+  requests.<status>                  counter, every request
+  predictions.<model>.<class>        counter, rows predicted per class (classifiers)
+  model.<model>.swap.success|failure counter, per version load attempt
+  model.<model>.<alias>.version      gauge, the version this worker serves for an alias
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+import statsd
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def metric_part(value: object) -> str:
+    """One dot-free, colon-free segment of a metric name."""
+    return _UNSAFE.sub("_", str(value)) or "_"
+
+
+class Metrics:
+    """The null implementation: used when no StatsD host is configured."""
+
+    def request(
+        self,
+        status: int,
+        duration_ms: float,
+        model: str | None = None,
+        version: int | None = None,
+        class_counts: Iterable[tuple[object, int]] = (),
+    ) -> None:
+        """Record one finished request."""
+
+    def swap(self, model: str, ok: bool) -> None:
+        """Record one attempt to load a version."""
+
+    def serving_version(self, model: str, alias: str, version: int) -> None:
+        """Record which version serves an alias in this worker."""
+
+
+class StatsdMetrics(Metrics):
+    """Sends UDP packets with the `statsd` client, made lazily in each worker process."""
+
+    def __init__(self, host: str, port: int, prefix: str) -> None:
+        self._host, self._port, self._prefix = host, port, prefix
+        self._client: statsd.StatsClient | None = None
+        self._pid = -1
+
+    def _get(self) -> statsd.StatsClient | None:
+        if self._pid != os.getpid():  # a forked child must not share its parent's socket
+            self._pid = os.getpid()
+            try:
+                self._client = statsd.StatsClient(self._host, self._port, prefix=self._prefix)
+            except OSError:  # unresolvable host: metrics off rather than requests failing
+                self._client = None
+        return self._client
+
+    def request(
+        self,
+        status: int,
+        duration_ms: float,
+        model: str | None = None,
+        version: int | None = None,
+        class_counts: Iterable[tuple[object, int]] = (),
+    ) -> None:
+        client = self._get()
+        if client is None:
+            return
+        try:
+            pipe = client.pipeline()  # one datagram for the whole request where it fits
+            pipe.incr(f"requests.{status}")
+            if model is not None:
+                safe = metric_part(model)
+                pipe.timing(f"request.{safe}.{metric_part(version)}", duration_ms)
+                for label, count in class_counts:
+                    pipe.incr(f"predictions.{safe}.{metric_part(label)}", count)
+            pipe.send()
+        except (OSError, ValueError):
+            pass
+
+    def swap(self, model: str, ok: bool) -> None:
+        client = self._get()
+        if client is not None:
+            client.incr(f"model.{metric_part(model)}.swap.{'success' if ok else 'failure'}")
+
+    def serving_version(self, model: str, alias: str, version: int) -> None:
+        client = self._get()
+        if client is not None:
+            client.gauge(f"model.{metric_part(model)}.{metric_part(alias)}.version", version)
+
+
+def make_metrics(host: str | None, port: int, prefix: str) -> Metrics:
+    return StatsdMetrics(host, port, prefix) if host else Metrics()

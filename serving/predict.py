@@ -1,0 +1,83 @@
+"""Prediction core: validated instances in, plain JSON-able values out. No Flask here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.errors import InvalidInput
+from serving.loader import LoadedModel
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    model: str
+    version: int
+    predictions: Any  # a numpy array; serialised by orjson without a Python list in between
+    probabilities: Any | None
+    classes: list[Any] | None
+    rows: int
+
+    def class_counts(self) -> list[tuple[Any, int]]:
+        """(class, rows) pairs for the StatsD prediction counters of a classifier."""
+        if self.classes is None:
+            return []
+        labels, counts = np.unique(self.predictions, return_counts=True)
+        return list(zip(labels.tolist(), counts.tolist()))
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model,
+            "version": self.version,
+            "predictions": self.predictions,
+        }
+        if self.probabilities is not None:
+            out["probabilities"] = self.probabilities
+            out["classes"] = self.classes
+        return out
+
+
+def predict(
+    loaded: LoadedModel,
+    instances: list[Any],
+    return_proba: bool = False,
+    max_instances: int | None = None,
+    may_have_bools: bool = True,
+) -> PredictionResult:
+    """Validate `instances` against the version's schema and run the model."""
+    if max_instances is not None and len(instances) > max_instances:
+        raise InvalidInput(
+            f"too many instances: {len(instances)} > {max_instances} per request",
+            {"instances": [f"at most {max_instances} instances per request"]},
+        )
+    if return_proba and not loaded.can_proba:
+        raise InvalidInput(
+            f"return_proba needs a classifier with predict_proba; "
+            f"{loaded.name} v{loaded.version} is a {loaded.task}",
+            {"return_proba": ["not available for this model"]},
+        )
+    features = loaded.schema.convert(instances, may_have_bools)
+    try:
+        predictions = loaded.model.predict(features)
+        probabilities = loaded.model.predict_proba(features) if return_proba else None
+    except (ValueError, TypeError, KeyError) as exc:
+        # The model refused these values (an unknown category, a dtype it cannot take).
+        raise InvalidInput(f"the model rejected the input: {exc}") from None
+    return PredictionResult(
+        model=loaded.name,
+        version=loaded.version,
+        predictions=_jsonable(predictions),
+        probabilities=probabilities,
+        classes=loaded.classes,
+        rows=len(instances),
+    )
+
+
+def _jsonable(values: Any) -> Any:
+    """orjson serialises numeric numpy arrays natively; object/string arrays become lists."""
+    array = np.asarray(values)
+    if array.dtype.kind in "fiub" and array.flags.c_contiguous:
+        return array
+    return array.tolist()

@@ -1,0 +1,224 @@
+"""A model's input schema, and the conversion of JSON instances into what `predict` takes.
+
+Numbers are checked with numpy on the whole batch at once; only a batch that fails the fast
+checks is walked value by value, to name the first bad row and feature.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.errors import InvalidInput
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+_NUMBER_TYPES = (int, float)
+
+
+class InputSchema:
+    """What one model version takes: feature count, names, and numeric/categorical kinds."""
+
+    def __init__(
+        self, n_features: int, names: Sequence[str] | None, kinds: Sequence[str], frame: bool
+    ) -> None:
+        if len(kinds) != n_features or (names is not None and len(names) != n_features):
+            raise ValueError("feature names and kinds must match n_features")
+        self.n_features = n_features
+        self.names = list(names) if names is not None else None
+        self.kinds = list(kinds)
+        self.frame = frame and self.names is not None
+        self.labels = self.names or [f"[{i}]" for i in range(n_features)]
+        self.numeric_only = all(kind == NUMERIC for kind in self.kinds)
+        self._getter = _row_getter(self.names) if self.names else None
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> InputSchema:
+        features = metadata["features"]
+        names = metadata.get("feature_names")
+        return cls(
+            n_features=metadata["n_features"],
+            names=names,
+            kinds=[feature["kind"] for feature in features],
+            frame=bool(metadata.get("frame_input")) and names is not None,
+        )
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"name": label, "kind": kind} for label, kind in zip(self.labels, self.kinds)]
+
+    def convert(self, instances: list[Any], may_have_bools: bool = True) -> Any:
+        """Turn JSON instances (rows or objects) into the model's input, or raise InvalidInput.
+
+        `may_have_bools=False` is a promise from the caller (who saw no `true`/`false` token in
+        the body for them) that lets numeric batches skip the per-value boolean scan.
+        """
+        if instances and type(instances[0]) is dict:
+            rows: Sequence[Sequence[Any]] = self._rows_from_objects(instances)
+        else:
+            rows = instances
+        if self.numeric_only:
+            return self.to_model_input(self._numeric(rows, may_have_bools))
+        return self._mixed(rows)
+
+    def to_model_input(self, matrix: np.ndarray) -> Any:
+        if self.frame:
+            return pd.DataFrame(matrix, columns=self.names, copy=False)
+        return matrix
+
+    def _rows_from_objects(self, objects: list[Any]) -> list[tuple[Any, ...]]:
+        if self._getter is None:
+            raise InvalidInput(
+                "this model has no feature names: send each instance as a list of "
+                f"{self.n_features} values",
+                {"row": 0},
+            )
+        try:
+            rows = list(map(self._getter, objects))
+            exact = sum(map(len, objects)) == self.n_features * len(objects)
+        except (KeyError, TypeError, IndexError):
+            exact = False
+        if not exact:
+            self._explain_objects(objects)
+        return rows
+
+    def _explain_objects(self, objects: list[Any]) -> None:
+        expected = set(self.labels)
+        for i, obj in enumerate(objects):
+            if type(obj) is not dict:
+                raise InvalidInput(
+                    f"instance {i}: expected an object like instance 0, got {_kind(obj)}",
+                    {"row": i},
+                )
+            unknown = sorted(set(obj) - expected)
+            if unknown:
+                raise InvalidInput(
+                    f"instance {i}: unknown feature {unknown[0]!r}",
+                    {"row": i, "feature": unknown[0], "expected": self.labels},
+                )
+            missing = [name for name in self.labels if name not in obj]
+            if missing:
+                raise InvalidInput(
+                    f"instance {i}: missing feature {missing[0]!r}",
+                    {"row": i, "feature": missing[0], "missing": missing},
+                )
+        raise InvalidInput("instances do not match the model's features")  # pragma: no cover
+
+    def _numeric(self, rows: Sequence[Sequence[Any]], may_have_bools: bool) -> np.ndarray:
+        try:
+            matrix = np.array(rows)
+        except (ValueError, TypeError, OverflowError):
+            return self._numeric_slow(rows)
+        if matrix.ndim != 2 or matrix.shape[1] != self.n_features or matrix.dtype.kind not in "fiu":
+            return self._numeric_slow(rows)
+        if may_have_bools and any(type(v) is bool for row in rows for v in row):
+            return self._numeric_slow(rows)
+        if matrix.dtype.kind != "f":
+            matrix = matrix.astype(np.float64)
+        elif matrix.dtype != np.float64:  # pragma: no cover - JSON floats are float64
+            matrix = matrix.astype(np.float64)
+        if not np.isfinite(matrix).all():
+            row, col = (int(x) for x in np.argwhere(~np.isfinite(matrix))[0])
+            self._bad_value(row, col, float(matrix[row, col]), "a finite number")
+        return matrix
+
+    def _numeric_slow(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
+        """Walk the batch to find the first bad value; convert it if nothing is wrong."""
+        out = np.empty((len(rows), self.n_features), dtype=np.float64)
+        for i, row in enumerate(rows):
+            self._check_row(i, row)
+            for j, value in enumerate(row):
+                out[i, j] = self._number(i, j, value)
+        return out
+
+    def _mixed(self, rows: Sequence[Sequence[Any]]) -> Any:
+        for i, row in enumerate(rows):
+            self._check_row(i, row)
+        columns: dict[str, Any] = {}
+        for j, (label, kind, column) in enumerate(zip(self.labels, self.kinds, zip(*rows))):
+            if kind == NUMERIC:
+                if not all(type(v) in _NUMBER_TYPES for v in column) or not _all_finite(column):
+                    for i, value in enumerate(column):
+                        self._number(i, j, value)
+                columns[label] = np.array(column, dtype=np.float64)
+            else:
+                if not all(type(v) is str for v in column):
+                    i = next(i for i, v in enumerate(column) if type(v) is not str)
+                    self._bad_value(i, j, column[i], "a string (categorical feature)")
+                columns[label] = np.array(column, dtype=object)
+        if self.frame:
+            return pd.DataFrame(columns, columns=self.names)
+        return np.column_stack(list(columns.values())).astype(object)
+
+    def _check_row(self, i: int, row: Any) -> None:
+        if type(row) not in (list, tuple):
+            raise InvalidInput(
+                f"instance {i}: expected a list of {self.n_features} values"
+                + (" or an object keyed by feature name" if self.names else "")
+                + f", got {_kind(row)}",
+                {"row": i},
+            )
+        if len(row) != self.n_features:
+            raise InvalidInput(
+                f"instance {i}: expected {self.n_features} features, got {len(row)}",
+                {"row": i, "expected": self.n_features, "got": len(row)},
+            )
+
+    def _number(self, i: int, j: int, value: Any) -> float:
+        kind = type(value)
+        if kind is float:
+            if math.isfinite(value):
+                return value
+        elif kind is int:
+            try:
+                return float(value)
+            except OverflowError:
+                pass
+        self._bad_value(i, j, value, "a finite number")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _bad_value(self, i: int, j: int, value: Any, expected: str) -> None:
+        label = self.labels[j]
+        raise InvalidInput(
+            f"instance {i}, feature {label!r}: expected {expected}, got {_describe(value)}",
+            {"row": i, "feature": label, "column": j},
+        )
+
+
+def _row_getter(names: list[str]) -> Any:
+    if len(names) == 1:
+        only = names[0]
+        return lambda obj: (obj[only],)
+    return itemgetter(*names)
+
+
+def _all_finite(column: Sequence[Any]) -> bool:
+    try:
+        return bool(np.isfinite(np.array(column, dtype=np.float64)).all())
+    except OverflowError:
+        return False
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), "null" if value is None else "a number"
+    )
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return f"a boolean ({'true' if value else 'false'})"
+    if type(value) is str:
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"a string ({shown!r})"
+    if type(value) is float:
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if type(value) is int:
+        return "an integer outside the float64 range"
+    return _kind(value)

@@ -1,0 +1,106 @@
+"""Settings: every environment variable the app reads, parsed and validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from serving.errors import ConfigError
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Configuration of one app. Tests build their own; production uses `from_env()`."""
+
+    model_store: Path = Path("model_store")
+    poll_interval: float = 1.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_instances: int = 10_000
+    statsd_host: str | None = "127.0.0.1"
+    statsd_port: int = 8125
+    statsd_prefix: str = "serving"
+    admin_token: str | None = None
+    log_level: str = "INFO"
+    # Refuse (False) or load with a loud warning (True) a version trained with another
+    # scikit-learn version than the one installed: pickles are not portable across versions.
+    allow_version_mismatch: bool = False
+    # Pinned-version requests for versions no alias deploys are loaded on demand and kept
+    # in a small per-worker LRU cache of this size (0 = only deployed versions are served).
+    pinned_cache_size: int = 2
+    configure_logging: bool = True
+    start_poller: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read `SERVING_*` variables; raise ConfigError naming the variable on a bad value."""
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        return cls(
+            model_store=Path(reader.text("SERVING_MODEL_STORE", "model_store")),
+            poll_interval=reader.number("SERVING_POLL_INTERVAL", 1.0, low=0.05, high=3600),
+            max_body_bytes=reader.integer("SERVING_MAX_BODY_BYTES", 8 * 1024 * 1024, low=1024),
+            max_instances=reader.integer("SERVING_MAX_INSTANCES", 10_000, low=1),
+            statsd_host=reader.text("SERVING_STATSD_HOST", "127.0.0.1") or None,
+            statsd_port=reader.integer("SERVING_STATSD_PORT", 8125, low=1, high=65535),
+            statsd_prefix=reader.text("SERVING_STATSD_PREFIX", "serving"),
+            admin_token=reader.text("SERVING_ADMIN_TOKEN", "") or None,
+            log_level=reader.choice("SERVING_LOG_LEVEL", "INFO", _LOG_LEVELS),
+            allow_version_mismatch=reader.flag("SERVING_ALLOW_VERSION_MISMATCH", False),
+            pinned_cache_size=reader.integer("SERVING_PINNED_CACHE_SIZE", 2, low=0, high=64),
+        )
+
+
+class _Reader:
+    """Parses one variable at a time and says which one is wrong."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str) -> str:
+        return self._env.get(name, default).strip()
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self._env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}={raw!r} must be between {low} and {high}")
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int | None = None) -> int:
+        raw = self._env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ConfigError(f"{name}={raw!r} must be {bound}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._env.get(name, default).strip().upper()
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r} must be true or false")

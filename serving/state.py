@@ -1,0 +1,28 @@
+"""Per-worker state, hung off the app as `app.extensions["serving"]`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+
+from serving.loader import ModelLoader
+from serving.metrics import Metrics
+from serving.settings import Settings
+from serving.store import ModelStore
+
+EXTENSION = "serving"
+
+
+@dataclass(frozen=True)
+class ServingState:
+    settings: Settings
+    store: ModelStore
+    loader: ModelLoader
+    metrics: Metrics
+
+
+def get_state(app: Flask | None = None) -> ServingState:
+    """The state of `app` (default: the current app)."""
+    target = app if app is not None else current_app
+    return target.extensions[EXTENSION]  # type: ignore[no-any-return]
