@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from flask import Request, Response
 
-from serving.errors import MalformedRequest, UnsupportedMediaType
+from serving.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
 
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _JSON_TYPES = ("application/json",)
@@ -30,7 +30,7 @@ def read_json(request: Request) -> tuple[Any, bool]:
     charset = request.mimetype_params.get("charset", "utf-8").lower()
     if charset not in ("utf-8", "utf8"):
         raise UnsupportedMediaType(f"charset {charset!r} is not supported: send utf-8")
-    body = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH, chunked or not
+    body = _read_body(request)
     if not body.strip():
         raise MalformedRequest("the request body is empty: send a JSON object")
     try:
@@ -40,6 +40,27 @@ def read_json(request: Request) -> tuple[Any, bool]:
     tokens = body.count(b"true") + body.count(b"false")
     top_level = sum(type(v) is bool for v in payload.values()) if type(payload) is dict else 0
     return payload, tokens > top_level
+
+
+def _read_body(request: Request) -> bytes:
+    """The whole body, or PayloadTooLarge: a chunked body past the limit is refused, not cut.
+
+    With a Content-Length, werkzeug refuses an oversized body before reading it. Without one
+    (chunked), werkzeug's limited stream stops quietly at the limit, so read one byte past it.
+    """
+    limit = request.max_content_length
+    if request.content_length is not None or limit is None:
+        return request.get_data(cache=False)
+    if "wsgi.input_terminated" not in request.environ:  # the server cannot end the stream
+        return request.get_data(cache=False)
+    stream = request.environ["wsgi.input"]
+    chunks, size = [], 0
+    while chunk := stream.read(min(1 << 16, limit + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body too large: the limit is {limit} bytes")
+    return b"".join(chunks)
 
 
 def _lenient_loads(body: bytes) -> Any:

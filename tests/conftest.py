@@ -1,0 +1,161 @@
+"""Fixtures: real, tiny model artifacts trained here, a store in a temp dir, an app over it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sklearn.compose import ColumnTransformer
+from sklearn.datasets import load_diabetes, load_iris
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from serving.app import create_app
+from serving.settings import Settings
+from serving.store import ModelStore
+
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def _iris() -> tuple[pd.DataFrame, pd.Series]:
+    bunch = load_iris(as_frame=True)
+    return bunch.data, bunch.target.map(dict(enumerate(bunch.target_names)))
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def iris_artifact(artifacts_dir: Path) -> Path:
+    """A classifier Pipeline fitted on a DataFrame with the 4 named iris features."""
+    x, y = _iris()
+    model = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500))])
+    path = artifacts_dir / "iris.joblib"
+    joblib.dump(model.fit(x, y), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def iris_artifact_v2(artifacts_dir: Path) -> Path:
+    """Another iris classifier (weaker), to have a second version that answers differently."""
+    x, y = _iris()
+    model = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(C=0.01))])
+    path = artifacts_dir / "iris2.joblib"
+    joblib.dump(model.fit(x, y), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def iris_reference(artifacts_dir: Path) -> Path:
+    path = artifacts_dir / "iris.csv"
+    _iris()[0].to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def regressor_artifact(artifacts_dir: Path) -> Path:
+    bunch = load_diabetes(as_frame=True)
+    path = artifacts_dir / "diabetes.joblib"
+    joblib.dump(Ridge().fit(bunch.data, bunch.target), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def unnamed_artifact(artifacts_dir: Path) -> Path:
+    """A classifier fitted on a bare numpy array: no feature names, integer classes."""
+    x, y = load_iris(return_X_y=True)
+    path = artifacts_dir / "unnamed.joblib"
+    joblib.dump(LogisticRegression(max_iter=500).fit(x, y), path)
+    return path
+
+
+def _mixed_frame(rows: int = 200) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, rows).astype(float),
+            "income": rng.normal(50_000, 15_000, rows),
+            "city": rng.choice(["paris", "lyon", "nice"], rows),
+            "plan": rng.choice(["free", "pro"], rows),
+        }
+    )
+    target = (frame["income"] > 50_000) & (frame["plan"] == "pro")
+    return frame, target.map({True: "churn", False: "stay"}).to_numpy()
+
+
+@pytest.fixture(scope="session")
+def mixed_artifact(artifacts_dir: Path) -> tuple[Path, Path]:
+    """A Pipeline with a ColumnTransformer: scaler on numbers, one-hot on strings (+ its CSV)."""
+    frame, target = _mixed_frame()
+    pre = ColumnTransformer(
+        [
+            ("num", StandardScaler(), ["age", "income"]),
+            ("cat", OneHotEncoder(handle_unknown="error"), ["city", "plan"]),
+        ]
+    )
+    model = Pipeline([("pre", pre), ("clf", LogisticRegression(max_iter=500))]).fit(frame, target)
+    path, reference = artifacts_dir / "mixed.joblib", artifacts_dir / "mixed.csv"
+    joblib.dump(model, path)
+    frame.to_csv(reference, index=False)
+    return path, reference
+
+
+@pytest.fixture(scope="session")
+def wide_artifact(artifacts_dir: Path) -> Path:
+    """A Pipeline over 300 named numeric features."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(400, 300)), columns=[f"f{i:03d}" for i in range(300)])
+    target = (frame.sum(axis=1) > 0).astype(int)
+    model = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500))])
+    path = artifacts_dir / "wide.joblib"
+    joblib.dump(model.fit(frame, target), path)
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(tmp_path / "store")
+
+
+@pytest.fixture
+def settings(store: ModelStore) -> Settings:
+    return Settings(
+        model_store=store.root,
+        statsd_host=None,
+        configure_logging=False,
+        start_poller=False,
+        max_body_bytes=64 * 1024,
+        max_instances=100,
+    )
+
+
+@pytest.fixture
+def make_app(settings: Settings) -> Callable[..., Flask]:
+    def build(**overrides: object) -> Flask:
+        import dataclasses
+
+        return create_app(dataclasses.replace(settings, **overrides))
+
+    return build
+
+
+@pytest.fixture
+def served(store: ModelStore, iris_artifact: Path, regressor_artifact: Path) -> ModelStore:
+    """A store with iris v1 and diabetes v1 deployed as production."""
+    store.register("iris", iris_artifact, activate=True, actor="test")
+    store.register("diabetes", regressor_artifact, activate=True, actor="test")
+    return store
+
+
+@pytest.fixture
+def client(served: ModelStore, make_app: Callable[..., Flask]) -> FlaskClient:
+    return make_app().test_client()
