@@ -11,7 +11,12 @@ from serving.logs import logging_config
 # --- BLAS/OpenMP threads ----------------------------------------------------------------------
 # One thread per worker: N workers x M BLAS threads would oversubscribe the cores. Set here,
 # before any worker imports numpy, so every forked worker inherits it. Scale with workers.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+for _var in (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+):
     os.environ.setdefault(_var, "1")
 
 # --- the app ----------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ def read_artifact(path: Path) -> Any:
     """Unpickle a candidate artifact at registration, with a clear error if it is not a model."""
     if path.suffix.lower() not in ACCEPTED_SUFFIXES:
         raise StoreError(
-            f"{path.name}: unsupported artifact type; expected one of {', '.join(ACCEPTED_SUFFIXES)}"
+            f"{path.name}: unsupported artifact type; "
+            f"expected one of {', '.join(ACCEPTED_SUFFIXES)}"
         )
     try:
         with warnings.catch_warnings():
@@ -216,7 +217,10 @@ def _sample_rows(
             return [[_plain(v) for v in row] for row in frame.itertuples(index=False)]
     categories = _first_categories(model, schema.labels)
     return [
-        [categories.get(j, "") if kind == CATEGORICAL else 0.0 for j, kind in enumerate(schema.kinds)]
+        [
+            categories.get(j, "") if kind == CATEGORICAL else 0.0
+            for j, kind in enumerate(schema.kinds)
+        ]
     ]
 
 
@@ -227,7 +231,11 @@ def _first_categories(model: Any, labels: list[str]) -> dict[int, Any]:
             encoders = [step for step in _walk(inner) if getattr(step, "categories_", None)]
             for encoder in encoders:
                 for column, cats in zip(_as_list(columns), encoder.categories_):
-                    j = labels.index(column) if isinstance(column, str) and column in labels else column
+                    j = (
+                        labels.index(column)
+                        if isinstance(column, str) and column in labels
+                        else column
+                    )
                     if isinstance(j, int) and len(cats):
                         first.setdefault(j, _plain(cats[0]))
     return first

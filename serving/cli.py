@@ -72,7 +72,11 @@ def _models(store: ModelStore, args: argparse.Namespace) -> int:
     if args.action == "register":
         categorical = {c.strip() for c in args.categorical.split(",") if c.strip()}
         version = store.register(
-            args.name, args.artifact, args.reference_data, args.activate, categorical,
+            args.name,
+            args.artifact,
+            args.reference_data,
+            args.activate,
+            categorical,
             actor=args.actor,
         )
         print(version)
@@ -86,7 +90,9 @@ def _models(store: ModelStore, args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2) if args.json else _format_show(report))
     elif args.action == "promote":
         before = store.promote(args.name, args.version, args.alias, actor=args.actor)
-        print(f"{args.name}: {args.alias} {before if before is not None else '-'} -> {args.version}")
+        print(
+            f"{args.name}: {args.alias} {before if before is not None else '-'} -> {args.version}"
+        )
     elif args.action == "rollback":
         target = store.rollback(args.name, args.alias, actor=args.actor)
         print(f"{args.name}: {args.alias} rolled back to {target}")
@@ -116,8 +122,13 @@ def show_model(store: ModelStore, name: str) -> dict[str, Any]:
         except ServingError as exc:
             described.append({"version": version, "error": exc.message})
     history = store.history(name)[-10:]
-    return {"name": name, "aliases": aliases, "alias_status": checks, "versions": described,
-            "history": history}
+    return {
+        "name": name,
+        "aliases": aliases,
+        "alias_status": checks,
+        "versions": described,
+        "history": history,
+    }
 
 
 def _format_show(report: dict[str, Any]) -> str:
@@ -128,10 +139,14 @@ def _format_show(report: dict[str, Any]) -> str:
         lines.append("  no aliases: not deployed (promote a version)")
     for v in report["versions"]:
         sha = (v.get("sha256") or "")[:12]
-        lines.append(f"  version {v['version']}  {v.get('task', '')}  {v.get('created_at', '')}  {sha}"
-                     + (f"  ERROR {v['error']}" if "error" in v else ""))
+        lines.append(
+            f"  version {v['version']}  {v.get('task', '')}  {v.get('created_at', '')}  {sha}"
+            + (f"  ERROR {v['error']}" if "error" in v else "")
+        )
     for event in report["history"]:
-        lines.append(f"  history {event.get('at')} {event.get('action')} "
-                     f"{event.get('alias', '')} {event.get('previous', '')}->{event.get('version')} "
-                     f"by {event.get('actor')}")
+        lines.append(
+            f"  history {event.get('at')} {event.get('action')} "
+            f"{event.get('alias', '')} {event.get('previous', '')}->{event.get('version')} "
+            f"by {event.get('actor')}"
+        )
     return "\n".join(lines)

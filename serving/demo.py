@@ -40,7 +40,11 @@ def create_demo_models(store: ModelStore, force: bool = False, actor: str | None
             joblib.dump(pipeline, artifact)
             x_train.to_csv(reference, index=False)
             version = store.register(
-                name, artifact, reference, activate=True, actor=actor or "demo",
+                name,
+                artifact,
+                reference,
+                activate=True,
+                actor=actor or "demo",
                 extra={"metrics": {metric: round(score, 4)}},
             )
         print(f"{name}: version {version} ({metric} {score:.3f} on a 25% holdout)")

@@ -214,14 +214,19 @@ class ModelLoader:
             self._failures[(name, version)] = (files, reason)
             self._metrics.swap(name, ok=False)
             log.error(
-                "model %s version %s cannot serve: %s", name, version, reason,
+                "model %s version %s cannot serve: %s",
+                name,
+                version,
+                reason,
                 extra={"model": name, "version": version, "event": "load_failed"},
             )
             return reason
         self._failures.pop((name, version), None)
         self._metrics.swap(name, ok=True)
         log.info(
-            "model %s version %s loaded", name, version,
+            "model %s version %s loaded",
+            name,
+            version,
             extra={"model": name, "version": version, "event": "loaded"},
         )
         return loaded

@@ -117,9 +117,7 @@ class InputSchema:
             return self._numeric_slow(rows)
         if may_have_bools and any(type(v) is bool for row in rows for v in row):
             return self._numeric_slow(rows)
-        if matrix.dtype.kind != "f":
-            matrix = matrix.astype(np.float64)
-        elif matrix.dtype != np.float64:  # pragma: no cover - JSON floats are float64
+        if matrix.dtype.kind != "f" or matrix.dtype != np.float64:
             matrix = matrix.astype(np.float64)
         if not np.isfinite(matrix).all():
             row, col = (int(x) for x in np.argwhere(~np.isfinite(matrix))[0])

@@ -26,8 +26,13 @@ import pandas as pd
 
 from serving import artifacts
 from serving.errors import ModelNotFound, StoreError, VersionNotFound
-from serving.fsutil import append_line, atomic_write_bytes, copy_with_sha256, exclusive_lock
-from serving.fsutil import fsync_dir
+from serving.fsutil import (
+    append_line,
+    atomic_write_bytes,
+    copy_with_sha256,
+    exclusive_lock,
+    fsync_dir,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALIAS_RE = NAME_RE
@@ -54,7 +59,7 @@ def default_actor() -> str:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 class ModelStore:
@@ -195,7 +200,9 @@ class ModelStore:
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, OSError):
-                raise StoreError(f"could not write version {version}: {exc.strerror or exc}") from None
+                raise StoreError(
+                    f"could not write version {version}: {exc.strerror or exc}"
+                ) from None
             raise
         fsync_dir(model_dir)
 
@@ -275,4 +282,4 @@ def _read_reference(path: Path) -> pd.DataFrame:
 def _reference_summary(path: Path | None, frame: pd.DataFrame | None) -> dict[str, Any] | None:
     if path is None or frame is None:
         return None
-    return {"source": Path(path).name, "rows": int(len(frame)), "columns": list(map(str, frame))}
+    return {"source": Path(path).name, "rows": len(frame), "columns": list(map(str, frame))}

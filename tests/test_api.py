@@ -95,10 +95,14 @@ def test_mixed_pipeline_takes_strings_for_categories(
         {"age": 30, "income": 80000.0, "city": "paris", "plan": "pro"},
         {"age": 50, "income": 20000.0, "city": "nice", "plan": "free"},
     ]
-    response = client.post("/v1/models/churn/predict", json={"instances": rows, "return_proba": True})
+    response = client.post(
+        "/v1/models/churn/predict", json={"instances": rows, "return_proba": True}
+    )
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["predictions"] == ["churn", "stay"]
-    as_lists = client.post("/v1/models/churn/predict", json={"instances": [[30, 80000.0, "lyon", "pro"]]})
+    as_lists = client.post(
+        "/v1/models/churn/predict", json={"instances": [[30, 80000.0, "lyon", "pro"]]}
+    )
     assert as_lists.status_code == 200
 
 
@@ -164,10 +168,14 @@ def test_unnamed_model_takes_rows_and_refuses_objects(
 ) -> None:
     store.register("plain", unnamed_artifact, activate=True, actor="test")
     client = make_app().test_client()
-    ok = client.post("/v1/models/plain/predict", json={"instances": [IRIS_ROW], "return_proba": True})
+    ok = client.post(
+        "/v1/models/plain/predict", json={"instances": [IRIS_ROW], "return_proba": True}
+    )
     assert ok.status_code == 200 and ok.get_json()["predictions"] == [0]
     refused = client.post("/v1/models/plain/predict", json={"instances": [{"a": 1.0}]})
-    assert refused.status_code == 422 and "no feature names" in refused.get_json()["error"]["message"]
+    assert (
+        refused.status_code == 422 and "no feature names" in refused.get_json()["error"]["message"]
+    )
 
 
 def test_list_and_show_models(client: FlaskClient) -> None:

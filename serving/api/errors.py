@@ -1,4 +1,4 @@
-"""Every failure leaves as `{"error": {"code", "message", "details"?}}`; a 500 shows no internals."""
+"""Every failure leaves as `{"error": {"code", "message", "details"?}}`, never with internals."""
 
 from __future__ import annotations
 
@@ -43,8 +43,12 @@ def _http_error(exc: HTTPException) -> Response:
         message = f"request body too large: the limit is {limit} bytes"
     else:
         message = exc.description or exc.name
-    body = {"error": {"code": cls.code if cls else exc.name.lower().replace(" ", "_"),
-                      "message": message}}
+    body = {
+        "error": {
+            "code": cls.code if cls else exc.name.lower().replace(" ", "_"),
+            "message": message,
+        }
+    }
     response = json_response(body, status)
     if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
         response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
@@ -57,7 +61,7 @@ def _unexpected(exc: Exception) -> Response:
     body = {
         "error": {
             "code": "internal_error",
-            "message": f"internal error; the server log has the details under request id {request_id}",
+            "message": f"internal error; the server log has details under request id {request_id}",
         }
     }
     return json_response(body, 500)
