@@ -79,5 +79,10 @@ def post_worker_init(worker):
         get_state(app).loader.ensure_polling()
 
 
-def worker_int(worker):
-    worker.log.info("worker received INT or QUIT signal")
+def worker_exit(server, worker):
+    """Stop the poll thread and close the StatsD socket of a worker that leaves cleanly."""
+    from serving.state import get_state
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "serving" in getattr(app, "extensions", {}):
+        get_state(app).close()

@@ -43,6 +43,9 @@ class Metrics:
     def serving_version(self, model: str, alias: str, version: int) -> None:
         """Record which version serves an alias in this worker."""
 
+    def close(self) -> None:
+        """Release the socket, if any."""
+
 
 class StatsdMetrics(Metrics):
     """Sends UDP packets with the `statsd` client, made lazily in each worker process."""
@@ -54,6 +57,7 @@ class StatsdMetrics(Metrics):
 
     def _get(self) -> statsd.StatsClient | None:
         if self._pid != os.getpid():  # a forked child must not share its parent's socket
+            self.close()
             self._pid = os.getpid()
             try:
                 self._client = statsd.StatsClient(self._host, self._port, prefix=self._prefix)
@@ -93,6 +97,12 @@ class StatsdMetrics(Metrics):
         client = self._get()
         if client is not None:
             client.gauge(f"model.{metric_part(model)}.{metric_part(alias)}.version", version)
+
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 def make_metrics(host: str | None, port: int, prefix: str) -> Metrics:

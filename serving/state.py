@@ -21,6 +21,11 @@ class ServingState:
     loader: ModelLoader
     metrics: Metrics
 
+    def close(self) -> None:
+        """Stop the poll thread and close sockets (tests, and a clean worker exit)."""
+        self.loader.stop_polling()
+        self.metrics.close()
+
 
 def get_state(app: Flask | None = None) -> ServingState:
     """The state of `app` (default: the current app)."""

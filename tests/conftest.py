@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import joblib
@@ -19,6 +20,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from serving.app import create_app
 from serving.settings import Settings
+from serving.state import get_state
 from serving.store import ModelStore
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -139,13 +141,16 @@ def settings(store: ModelStore) -> Settings:
 
 
 @pytest.fixture
-def make_app(settings: Settings) -> Callable[..., Flask]:
+def make_app(settings: Settings) -> Iterator[Callable[..., Flask]]:
+    apps: list[Flask] = []
+
     def build(**overrides: object) -> Flask:
-        import dataclasses
+        apps.append(create_app(dataclasses.replace(settings, **overrides)))
+        return apps[-1]
 
-        return create_app(dataclasses.replace(settings, **overrides))
-
-    return build
+    yield build
+    for app in apps:
+        get_state(app).close()
 
 
 @pytest.fixture
