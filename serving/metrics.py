@@ -98,7 +98,6 @@ class StatsdMetrics(Metrics):
         if client is not None:
             client.gauge(f"model.{metric_part(model)}.{metric_part(alias)}.version", version)
 
-
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

@@ -46,10 +46,30 @@ def predict(
     max_instances: int | None = None,
     may_have_bools: bool = True,
 ) -> PredictionResult:
-    """Validate `instances` against the version's schema and run the model."""
-    if max_instances is not None and len(instances) > max_instances:
+    """Validate JSON `instances` (rows or objects) against the version's schema; run the model."""
+    _check_request(loaded, len(instances), return_proba, max_instances)
+    features = loaded.schema.convert(instances, may_have_bools)
+    return _run(loaded, features, len(instances), return_proba)
+
+
+def predict_array(
+    loaded: LoadedModel,
+    array: np.ndarray,
+    return_proba: bool = False,
+    max_instances: int | None = None,
+) -> PredictionResult:
+    """The same for a numeric 2-D array (binary tensors, CSV bodies)."""
+    rows = int(array.shape[0]) if array.ndim else 0
+    _check_request(loaded, rows, return_proba, max_instances)
+    return _run(loaded, loaded.schema.convert_array(array), rows, return_proba)
+
+
+def _check_request(
+    loaded: LoadedModel, rows: int, return_proba: bool, max_instances: int | None
+) -> None:
+    if max_instances is not None and rows > max_instances:
         raise InvalidInput(
-            f"too many instances: {len(instances)} > {max_instances} per request",
+            f"too many instances: {rows} > {max_instances} per request",
             {"instances": [f"at most {max_instances} instances per request"]},
         )
     if return_proba and not loaded.can_proba:
@@ -58,7 +78,9 @@ def predict(
             f"{loaded.name} v{loaded.version} is a {loaded.task}",
             {"return_proba": ["not available for this model"]},
         )
-    features = loaded.schema.convert(instances, may_have_bools)
+
+
+def _run(loaded: LoadedModel, features: Any, rows: int, return_proba: bool) -> PredictionResult:
     try:
         predictions = loaded.model.predict(features)
         probabilities = loaded.model.predict_proba(features) if return_proba else None
@@ -71,7 +93,7 @@ def predict(
         predictions=_jsonable(predictions),
         probabilities=probabilities,
         classes=loaded.classes,
-        rows=len(instances),
+        rows=rows,
     )
 
 

@@ -65,6 +65,26 @@ class InputSchema:
             return self.to_model_input(self._numeric(rows, may_have_bools))
         return self._mixed(rows)
 
+    def convert_array(self, array: np.ndarray) -> Any:
+        """Validate an already numeric 2-D array (binary tensors, CSV) and wrap it for the model."""
+        if not self.numeric_only:
+            raise InvalidInput(
+                "this model has categorical features: send instances as JSON rows or objects",
+                {"categorical": [n for n, k in zip(self.labels, self.kinds) if k != NUMERIC]},
+            )
+        if array.ndim != 2 or array.shape[1] != self.n_features:
+            raise InvalidInput(
+                f"expected shape [N, {self.n_features}], got {list(array.shape)}",
+                {"expected": [-1, self.n_features], "got": list(array.shape)},
+            )
+        if array.dtype.kind not in "fiu":
+            raise InvalidInput(f"expected numbers, got dtype {array.dtype}")
+        matrix = np.asarray(array, dtype=np.float64)
+        if not np.isfinite(matrix).all():
+            row, col = (int(x) for x in np.argwhere(~np.isfinite(matrix))[0])
+            self._bad_value(row, col, float(matrix[row, col]), "a finite number")
+        return self.to_model_input(matrix)
+
     def to_model_input(self, matrix: np.ndarray) -> Any:
         if self.frame:
             return pd.DataFrame(matrix, columns=self.names, copy=False)

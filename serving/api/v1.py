@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, g, request
 from marshmallow import ValidationError
 
-from serving.api.jsonio import json_response, read_json
+from serving.api.jsonio import json_response, read_json, record_prediction
 from serving.api.schemas import PredictRequestSchema
 from serving.errors import InvalidInput, ModelNotFound
 from serving.loader import LoadedModel
@@ -68,8 +68,7 @@ def _predict(loaded: LoadedModel, payload: dict[str, Any], may_have_bools: bool)
         max_instances=settings.max_instances,
         may_have_bools=may_have_bools,
     )
-    g.rows = result.rows
-    g.class_counts = result.class_counts()
+    record_prediction(result)
     body = result.body()
     body["request_id"] = g.request_id
     return json_response(body)
@@ -89,7 +88,9 @@ def _model_summary(name: str, detailed: bool = False) -> dict[str, Any]:
     if detailed:
         out["problems"] = dict(live.problems) if live else {}
         out["worker"] = {"pid": os.getpid()}
-        loaded = next(iter(live.serving.values()), None) if live else None
+        loaded = None
+        if live:
+            loaded = live.serving.get("production") or next(iter(live.serving.values()), None)
         if loaded is not None:
             out["task"] = loaded.task
             out["features"] = loaded.schema.describe()
