@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from threadpoolctl import threadpool_limits
 
-from serving.api import errors, health, hooks, v1
+from serving.api import errors, health, hooks, openapi, v1
 from serving.loader import ModelLoader
 from serving.logs import init_logging
 from serving.metrics import make_metrics
@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(v1.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
     return app
 
 

@@ -87,19 +87,21 @@ class ModelStore:
         )
 
     def exists(self, name: str) -> bool:
-        return self.model_dir(name).is_dir()
+        return bool(NAME_RE.match(name)) and self.model_dir(name).is_dir()
+
+    def _existing(self, name: str) -> Path:
+        """The folder of a stored model; ModelNotFound (not a name error) for readers."""
+        if not self.exists(name):
+            raise ModelNotFound(f"model {name!r} is not in the store", {"model": name})
+        return self.model_dir(name)
 
     def versions(self, name: str) -> list[int]:
-        path = self.model_dir(name)
-        if not path.is_dir():
-            raise ModelNotFound(f"model {name!r} is not in the store", {"model": name})
+        path = self._existing(name)
         return sorted(int(e.name) for e in os.scandir(path) if e.name.isdigit() and e.is_dir())
 
     def version_dir(self, name: str, version: int) -> Path:
-        path = self.model_dir(name) / str(int(version))
+        path = self._existing(name) / str(int(version))
         if not path.is_dir():
-            if not self.exists(name):
-                raise ModelNotFound(f"model {name!r} is not in the store", {"model": name})
             raise VersionNotFound(
                 f"model {name!r} has no version {version}", {"model": name, "version": version}
             )

@@ -5,17 +5,25 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from serving.api.jsonio import json_response
+from serving.api.openapi import doc
+from serving.api.schemas import HealthSchema
 from serving.state import get_state
 
 bp = Blueprint("health", __name__, url_prefix="/health")
 
 
 @bp.get("/live")
+@doc("Liveness: the process is up", "health", {200: HealthSchema})
 def live() -> Response:
     return json_response({"status": "alive"})
 
 
 @bp.get("/ready")
+@doc(
+    "Readiness: every deployed model has a loaded version",
+    "health",
+    {200: HealthSchema, 503: HealthSchema},
+)
 def ready() -> Response:
     ok, waiting = get_state().loader.ready()
     if ok:

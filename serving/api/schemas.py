@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields
 
 
 class StrictBoolean(fields.Field):
@@ -31,5 +31,79 @@ class PredictRequestSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    instances = Instances(required=True)
+    instances = Instances(
+        required=True,
+        metadata={
+            "description": "rows (lists in feature order) or objects keyed by feature name",
+            "minItems": 1,
+            "items": {"oneOf": [{"type": "array", "items": {}}, {"type": "object"}]},
+            "example": [[5.1, 3.5, 1.4, 0.2]],
+        },
+    )
     return_proba = StrictBoolean(load_default=False)
+
+
+# -- response schemas: used to generate /openapi.json (and checked against live responses) ----
+
+
+class ErrorBodySchema(Schema):
+    code = fields.String(required=True, metadata={"example": "invalid_input"})
+    message = fields.String(required=True)
+    details = fields.Dict(metadata={"description": "field-level details: row, feature, ..."})
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorBodySchema, required=True)
+
+
+class PredictResponseSchema(Schema):
+    model = fields.String(required=True)
+    version = fields.Integer(required=True)
+    predictions = fields.List(fields.Raw(), required=True)
+    probabilities = fields.List(fields.List(fields.Float()))
+    classes = fields.List(fields.Raw())
+    request_id = fields.String(required=True)
+
+
+class FeatureSchema(Schema):
+    name = fields.String(required=True)
+    kind = fields.String(required=True, metadata={"enum": ["numeric", "categorical"]})
+
+
+class ModelSummarySchema(Schema):
+    name = fields.String(required=True)
+    versions = fields.List(fields.Integer(), required=True)
+    aliases = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    serving = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+
+
+class ModelDetailSchema(ModelSummarySchema):
+    problems = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    worker = fields.Dict(required=True)
+    task = fields.String()
+    features = fields.List(fields.Nested(FeatureSchema))
+    classes = fields.List(fields.Raw(), allow_none=True)
+
+
+class ModelListSchema(Schema):
+    models = fields.List(fields.Nested(ModelSummarySchema), required=True)
+
+
+class VersionMetadataSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    name = fields.String(required=True)
+    version = fields.Integer(required=True)
+    sha256 = fields.String(required=True)
+    task = fields.String(required=True)
+    n_features = fields.Integer(required=True)
+    feature_names = fields.List(fields.String(), allow_none=True)
+    classes = fields.List(fields.Raw(), allow_none=True)
+    sklearn_version = fields.String(required=True)
+    created_at = fields.String(required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+    waiting = fields.Dict(keys=fields.String(), values=fields.String())

@@ -9,7 +9,15 @@ from flask import Blueprint, Response, g, request
 from marshmallow import ValidationError
 
 from serving.api.jsonio import json_response, read_json, record_prediction
-from serving.api.schemas import PredictRequestSchema
+from serving.api.openapi import doc
+from serving.api.schemas import (
+    ErrorSchema,
+    ModelDetailSchema,
+    ModelListSchema,
+    PredictRequestSchema,
+    PredictResponseSchema,
+    VersionMetadataSchema,
+)
 from serving.errors import InvalidInput, ModelNotFound
 from serving.loader import LoadedModel
 from serving.predict import predict
@@ -17,27 +25,33 @@ from serving.state import get_state
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 _PREDICT_SCHEMA = PredictRequestSchema()
+_PREDICT_ERRORS = {status: ErrorSchema for status in (400, 404, 413, 415, 422, 503)}
+_PREDICT_DOC = {200: PredictResponseSchema, **_PREDICT_ERRORS}
 
 
 @bp.post("/models/<name>/predict")
+@doc("Predict with the production version", "v1", _PREDICT_DOC, PredictRequestSchema)
 def predict_default(name: str) -> Response:
     payload, may_have_bools = _load_envelope()
     return _predict(get_state().loader.resolve(name), payload, may_have_bools)
 
 
 @bp.post("/models/<name>/versions/<int:version>/predict")
+@doc("Predict with a pinned version", "v1", _PREDICT_DOC, PredictRequestSchema)
 def predict_version(name: str, version: int) -> Response:
     payload, may_have_bools = _load_envelope()
     return _predict(get_state().loader.get_version(name, version), payload, may_have_bools)
 
 
 @bp.get("/models")
+@doc("List models", "v1", {200: ModelListSchema})
 def list_models() -> Response:
     state = get_state()
     return json_response({"models": [_model_summary(name) for name in state.store.list_models()]})
 
 
 @bp.get("/models/<name>")
+@doc("Describe a model", "v1", {200: ModelDetailSchema, 404: ErrorSchema})
 def show_model(name: str) -> Response:
     if not get_state().store.exists(name):
         raise ModelNotFound(f"model {name!r} is not in the store", {"model": name})
@@ -45,6 +59,7 @@ def show_model(name: str) -> Response:
 
 
 @bp.get("/models/<name>/versions/<int:version>")
+@doc("A version's metadata", "v1", {200: VersionMetadataSchema, 404: ErrorSchema})
 def show_version(name: str, version: int) -> Response:
     metadata = get_state().store.read_metadata(name, version)
     return json_response(metadata)
