@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
+import sklearn
 from flask import Flask
 from threadpoolctl import threadpool_limits
 
-from serving.api import errors, health, hooks, openapi, v1
+from serving.api import errors, health, hooks, mlflow, openapi, v1, v2
 from serving.loader import ModelLoader
 from serving.logs import init_logging
 from serving.metrics import make_metrics
@@ -23,8 +26,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     hooks.register(app)
     errors.register(app)
     app.register_blueprint(v1.bp)
+    app.register_blueprint(v2.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(mlflow.bp)
     return app
 
 
@@ -33,6 +38,10 @@ def init_runtime(settings: Settings) -> None:
         init_logging(settings.log_level)
     # One BLAS/OpenMP thread per worker: scale with gunicorn workers, not threads.
     threadpool_limits(limits=1)
+    # Inputs are checked for NaN/Infinity before they reach a model: skip sklearn's second check.
+    sklearn.set_config(assume_finite=True)
+    # Models fitted on DataFrames and fed arrays (see Settings.array_input) warn on every call.
+    warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
 
 def init_state(app: Flask, settings: Settings) -> ServingState:
@@ -44,6 +53,7 @@ def init_state(app: Flask, settings: Settings) -> ServingState:
         poll_interval=settings.poll_interval,
         allow_version_mismatch=settings.allow_version_mismatch,
         pinned_cache_size=settings.pinned_cache_size,
+        array_input=settings.array_input,
     )
     loader.refresh()  # a (re)started worker serves the current versions from its first request
     if settings.start_poller:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from serving import artifacts
 from serving.errors import ModelNotFound, ModelUnavailable, ServingError, StoreError
 from serving.metrics import Metrics
@@ -77,6 +79,7 @@ class ModelLoader:
         allow_version_mismatch: bool = False,
         pinned_cache_size: int = 2,
         clock: Callable[[], float] = time.monotonic,
+        array_input: bool = True,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -84,6 +87,7 @@ class ModelLoader:
         self._allow_mismatch = allow_version_mismatch
         self._pinned_size = pinned_cache_size
         self._clock = clock
+        self._array_input = array_input
         self._states: dict[str, ModelState] = {}
         self._failures: dict[tuple[str, int], tuple[tuple[int, ...], str]] = {}
         self._pinned: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
@@ -264,11 +268,13 @@ class ModelLoader:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    model.predict(schema.convert(sample))
+                    expected = model.predict(schema.convert(sample))
             except Exception as exc:
                 raise artifacts.ModelLoadError(
                     f"fails on its own sample input: {type(exc).__name__}: {exc}"
                 ) from None
+            if self._array_input and schema.frame and schema.numeric_only:
+                schema = _array_schema_if_equivalent(model, schema, sample, expected)
         return LoadedModel(name, version, model, metadata, schema, self._clock())
 
     # -- status ----------------------------------------------------------------------------
@@ -307,3 +313,26 @@ class ModelLoader:
                 self.refresh()
             except Exception:  # the poller must outlive any one bad poll
                 log.exception("model poll failed")
+
+
+def _array_schema_if_equivalent(
+    model: Any, schema: InputSchema, sample: list[Any], expected: Any
+) -> InputSchema:
+    """Feed a bare array when the model answers the sample the same as with a DataFrame.
+
+    scikit-learn spends ~0.3 ms per call checking DataFrame columns; a numeric Pipeline that
+    does not select columns by name gives the same answer from an array, three times faster.
+    """
+    fast = schema.without_frame()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = model.predict(fast.convert(sample))
+    except Exception:
+        return schema
+    same = (
+        np.array_equal(got, expected)
+        if np.asarray(got).dtype.kind not in "fc"
+        else (np.allclose(got, expected, rtol=1e-12, atol=0.0, equal_nan=True))
+    )
+    return fast if same else schema

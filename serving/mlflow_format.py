@@ -29,7 +29,7 @@ _SPLIT_KEYS = {"columns", "data", "index"}
 class Table:
     """Rows (lists, or objects keyed by feature name), and their column names when given."""
 
-    rows: Sequence[Any]
+    rows: list[Any]
     columns: list[Any] | None = None
 
 
@@ -45,7 +45,8 @@ def parse_json(payload: Any) -> Table:
         return _split(payload[key])
     if key == "dataframe_records":
         if type(payload[key]) is not list:
-            raise MalformedRequest(f"dataframe_records must be a list of records, not {_kind(payload[key])}")
+            kind = _kind(payload[key])
+            raise MalformedRequest(f"dataframe_records must be a list of records, not {kind}")
         return Table(payload[key])
     return _tensor_input(key, payload[key])
 
@@ -88,7 +89,7 @@ def _tensor_input(key: str, value: Any) -> Table:
     return Table(list(zip(*value.values())), columns)
 
 
-def to_instances(table: Table, schema: InputSchema) -> Sequence[Any]:
+def to_instances(table: Table, schema: InputSchema) -> list[Any]:
     """The rows in the model's feature order (objects and unnamed rows go as they are)."""
     if not table.rows:
         raise InvalidInput("the request holds no rows to score")
@@ -102,13 +103,14 @@ def to_instances(table: Table, schema: InputSchema) -> Sequence[Any]:
 
 
 def column_order(columns: Sequence[Any], schema: InputSchema) -> list[int]:
-    """For each model feature, its position in `columns`; InvalidInput for an unknown/missing one."""
+    """Where each model feature sits in `columns`; InvalidInput for an unknown or missing one."""
     names = schema.labels
     position = {column: i for i, column in enumerate(columns)}
     if len(position) != len(columns):
         duplicate = next(c for i, c in enumerate(columns) if columns.index(c) != i)
         raise InvalidInput(f"duplicate column {duplicate!r}", {"column": duplicate})
-    unknown = [c for c in columns if c not in names]
+    known = set(names)
+    unknown = [c for c in columns if c not in known]
     if unknown:
         hint = " (write the CSV with index=False)" if str(unknown[0]).startswith("Unnamed") else ""
         raise InvalidInput(
@@ -124,7 +126,7 @@ def column_order(columns: Sequence[Any], schema: InputSchema) -> list[int]:
 def read_csv(body: bytes, schema: InputSchema) -> pd.DataFrame:
     """A CSV body with a header row, columns in the model's order (by name, or by position)."""
     # Categorical columns stay text even when their values look like numbers ("1", "2").
-    text = [n for n, k in zip(schema.labels, schema.kinds) if k == CATEGORICAL and schema.names]
+    text = [n for n, k in zip(schema.names or (), schema.kinds) if k == CATEGORICAL]
     try:
         frame = pd.read_csv(io.BytesIO(body), dtype=dict.fromkeys(text, str), encoding="utf-8")
     except ValueError as exc:  # parser errors, an empty body, bytes that are not UTF-8

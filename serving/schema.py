@@ -48,6 +48,10 @@ class InputSchema:
             frame=bool(metadata.get("frame_input")) and names is not None,
         )
 
+    def without_frame(self) -> InputSchema:
+        """The same schema feeding the model a bare float64 array instead of a DataFrame."""
+        return InputSchema(self.n_features, self.names, self.kinds, frame=False)
+
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": label, "kind": kind} for label, kind in zip(self.labels, self.kinds)]
 

@@ -24,7 +24,6 @@ from serving.loader import LoadedModel, ModelState
 from serving.predict import PredictionResult
 
 SERVER_NAME = "serving"
-SERVER_VERSION = "0.1.0"  # the version in pyproject.toml (a test keeps them equal)
 EXTENSIONS = ("binary_tensor_data",)
 PLATFORM = "sklearn"
 INPUT_NAME = "input-0"
@@ -93,8 +92,8 @@ def output_specs(loaded: LoadedModel) -> dict[str, TensorSpec]:
 # -- responses without tensors -----------------------------------------------------------------
 
 
-def server_metadata() -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+def server_metadata(version: str) -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": version, "extensions": list(EXTENSIONS)}
 
 
 def model_metadata(loaded: LoadedModel, versions: list[int]) -> dict[str, Any]:
@@ -154,7 +153,7 @@ class InferRequest:
         return any(output.name == name for output in self.outputs)
 
 
-class _InputSchema(Schema):
+class InferInputSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
@@ -165,7 +164,7 @@ class _InputSchema(Schema):
     data = fields.Raw(load_default=None)
 
 
-class _OutputSchema(Schema):
+class InferOutputSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
@@ -173,17 +172,19 @@ class _OutputSchema(Schema):
     parameters = fields.Dict(keys=fields.String(), load_default=dict)
 
 
-class _RequestSchema(Schema):
+class InferRequestSchema(Schema):
+    """The infer request envelope; tensor data is decoded by numpy, not here."""
+
     class Meta:
         unknown = EXCLUDE  # e.g. "model_name", which Triton's own examples send
 
     id = fields.String(load_default=None)
     parameters = fields.Dict(keys=fields.String(), load_default=dict)
-    inputs = fields.List(fields.Nested(_InputSchema), required=True)
-    outputs = fields.List(fields.Nested(_OutputSchema), load_default=list)
+    inputs = fields.List(fields.Nested(InferInputSchema), required=True)
+    outputs = fields.List(fields.Nested(InferOutputSchema), load_default=list)
 
 
-_REQUEST_SCHEMA = _RequestSchema()
+_REQUEST_SCHEMA = InferRequestSchema()
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -206,11 +207,12 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     )
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    if not body.strip():
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header, and a zero-copy view of the binary tensors after it."""
+    if not body:
         raise MalformedRequest("the request body is empty: send an inference request")
     if header_length is None:
-        return body, b""
+        return body, memoryview(b"")
     try:
         length = int(header_length)
     except ValueError:
@@ -220,7 +222,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
             f"Inference-Header-Content-Length must be an integer between 1 and the body "
             f"size {len(body)}, got {header_length!r}"
         )
-    return body[:length], body[length:]
+    return body[:length], memoryview(body)[length:]
 
 
 def _load_envelope(header: bytes) -> dict[str, Any]:
@@ -242,71 +244,75 @@ def _requested_output(output: dict[str, Any], binary_default: bool) -> Requested
     return RequestedOutput(name, binary)
 
 
-def _decode_input(spec: dict[str, Any], binary: bytes, may_have_bools: bool) -> np.ndarray:
+def _decode_input(spec: dict[str, Any], binary: memoryview, may_have_bools: bool) -> np.ndarray:
     name, shape, parameters = spec["name"], spec["shape"], spec["parameters"]
-    what = f"input {name!r}"
-    _refuse_unsupported(parameters, what)
-    dtype = _input_dtype(spec["datatype"], what)
+    tensor = _Tensor(f"input {name!r}", shape, spec["datatype"])
+    _refuse_unsupported(parameters, tensor.what)
     if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"{what}: shape {shape} has a negative dimension")
+        raise InvalidInput(f"{tensor.what}: shape {shape} has a negative dimension")
     size = parameters.get("binary_data_size")
     if size is not None and spec["data"] is not None:
-        raise InvalidInput(f"{what}: give either data or parameters.binary_data_size, not both")
+        raise InvalidInput(f"{tensor.what}: give data or parameters.binary_data_size, not both")
     if size is not None:
-        return _from_binary(what, shape, dtype, size, binary)
+        return tensor.from_binary(size, binary)
     if binary:
         raise InvalidInput(
-            f"{len(binary)} bytes follow the JSON header but {what} has no binary_data_size"
+            f"{len(binary)} bytes follow the JSON header but {tensor.what} has no binary_data_size"
         )
     if spec["data"] is None:
-        raise InvalidInput(f"{what} has neither data nor parameters.binary_data_size")
-    return _from_json(what, shape, dtype, spec["data"], may_have_bools)
+        raise InvalidInput(f"{tensor.what} has neither data nor parameters.binary_data_size")
+    return tensor.from_json(spec["data"], may_have_bools)
 
 
-def _input_dtype(datatype: str, what: str) -> np.dtype:
-    if datatype not in _INPUT_DTYPES:
-        raise InvalidInput(
-            f"{what}: datatype {datatype!r} is not supported: use one of "
-            + ", ".join(_INPUT_DTYPES)
-        )
-    return np.dtype(_INPUT_DTYPES[datatype])
+class _Tensor:
+    """One input tensor's declared shape and datatype, and the decoding of its data."""
 
-
-def _from_binary(what: str, shape: list[int], dtype: np.dtype, size: Any, binary: bytes) -> Any:
-    count = math.prod(shape)
-    expected = count * dtype.itemsize
-    if type(size) is not int or size != expected:
-        raise InvalidInput(
-            f"{what}: binary_data_size is {size!r} but shape {shape} of "
-            f"{dtype.itemsize}-byte elements takes {expected} bytes"
-        )
-    if size != len(binary):
-        raise InvalidInput(
-            f"{what}: binary_data_size is {size} but {len(binary)} bytes follow the JSON header"
-        )
-    return np.frombuffer(binary, dtype=dtype, count=count).reshape(shape)
-
-
-def _from_json(what: str, shape: list[int], dtype: np.dtype, data: Any, bools: bool) -> Any:
-    try:
-        array = np.array(data)
-    except (ValueError, TypeError):  # ragged nesting
-        raise InvalidInput(f"{what}: data is not a regular (rectangular) array") from None
-    kind = "iu" if dtype.kind in "iu" else "iuf"
-    if array.dtype.kind not in kind or (bools and _has_bool(data)):
-        expected = "integers" if kind == "iu" else "numbers"
-        raise InvalidInput(f"{what}: data must hold only {expected} for datatype {dtype.name}")
-    if list(array.shape) != shape:
-        if array.ndim != 1 or array.size != math.prod(shape):
+    def __init__(self, what: str, shape: list[int], datatype: str) -> None:
+        if datatype not in _INPUT_DTYPES:
             raise InvalidInput(
-                f"{what}: data has shape {list(array.shape)} ({array.size} values), "
-                f"which does not fit shape {shape}"
+                f"{what}: datatype {datatype!r} is not supported: use one of "
+                + ", ".join(_INPUT_DTYPES)
             )
-        array = array.reshape(shape)
-    typed = array.astype(dtype)
-    if dtype.kind in "iu" and not np.array_equal(typed, array):
-        raise InvalidInput(f"{what}: data holds values outside the range of {dtype.name}")
-    return typed
+        self.what, self.shape, self.datatype = what, shape, datatype
+        self.dtype = np.dtype(_INPUT_DTYPES[datatype])
+
+    def from_binary(self, size: Any, binary: memoryview) -> np.ndarray:
+        count = math.prod(self.shape)
+        expected = count * self.dtype.itemsize
+        if type(size) is not int or size != expected:
+            raise InvalidInput(
+                f"{self.what}: binary_data_size is {size!r} but shape {self.shape} of "
+                f"{self.datatype} ({self.dtype.itemsize} bytes each) takes {expected} bytes"
+            )
+        if size != len(binary):
+            raise InvalidInput(
+                f"{self.what}: binary_data_size is {size} but {len(binary)} bytes "
+                "follow the JSON header"
+            )
+        return np.frombuffer(binary, dtype=self.dtype, count=count).reshape(self.shape)
+
+    def from_json(self, data: Any, may_have_bools: bool) -> np.ndarray:
+        try:
+            array = np.array(data)
+        except (ValueError, TypeError, OverflowError):  # ragged nesting, huge integers
+            raise InvalidInput(f"{self.what}: data is not a rectangular array of numbers") from None
+        kinds = "iu" if self.dtype.kind in "iu" else "iuf"
+        if array.dtype.kind not in kinds or (may_have_bools and _has_bool(data)):
+            expected = "integers" if kinds == "iu" else "numbers"
+            raise InvalidInput(f"{self.what}: {self.datatype} data must hold only {expected}")
+        if list(array.shape) != self.shape:
+            if array.ndim != 1 or array.size != math.prod(self.shape):
+                raise InvalidInput(
+                    f"{self.what}: data has shape {list(array.shape)} ({array.size} values), "
+                    f"which does not fit shape {self.shape}"
+                )
+            array = array.reshape(self.shape)
+        with np.errstate(over="ignore", invalid="ignore"):
+            typed = array.astype(self.dtype)
+            lost = typed != array if kinds == "iu" else np.isinf(typed) & np.isfinite(array)
+        if lost.any():
+            raise InvalidInput(f"{self.what}: data holds values out of range for {self.datatype}")
+        return typed
 
 
 def _has_bool(data: Any) -> bool:
@@ -363,12 +369,13 @@ def _flatten(messages: Any, prefix: str = "") -> str:
 # -- infer responses ---------------------------------------------------------------------------
 
 
-def select_outputs(request: InferRequest, specs: Mapping[str, TensorSpec]) -> None:
+def check_outputs(request: InferRequest, specs: Mapping[str, TensorSpec]) -> None:
     """Refuse outputs the model does not have (e.g. predict_proba of a regressor)."""
     for output in request.outputs:
         if output.name not in specs:
+            why = " (only classifiers with predict_proba have it)" if output.name == PROBA else ""
             raise InvalidInput(
-                f"this model has no output {output.name!r}: its outputs are "
+                f"this model has no output {output.name!r}{why}: its outputs are "
                 + ", ".join(specs)
             )
 

@@ -202,7 +202,7 @@ CASES = [
     ),
     ("/v1/models/iris/versions/x/predict", JSON, _body("[[1,2,3,4]]"), 404, "not_found", {}),
     ("/v1/models/..%2F..%2Fetc/predict", JSON, _body("[[1,2,3,4]]"), 404, "not_found", {}),
-    ("/v2/nothing", JSON, b"{}", 404, "not_found", {}),
+    ("/v9/nothing", JSON, b"{}", 404, "not_found", {}),
 ]
 
 IDS = [

@@ -242,3 +242,22 @@ def test_poll_thread_picks_up_a_promote_without_requests(
         assert loader.resolve("iris").version == 2
     finally:
         loader.stop_polling()
+
+
+def test_numeric_frame_models_are_fed_arrays_when_equivalent(
+    store: ModelStore, loader: ModelLoader, iris_artifact: Path, mixed_artifact: tuple[Path, Path]
+) -> None:
+    store.register("iris", iris_artifact, activate=True, actor="t")
+    store.register("churn", mixed_artifact[0], mixed_artifact[1], activate=True, actor="t")
+    loader.refresh()
+    assert loader.resolve("iris").schema.frame is False  # numeric Pipeline: array is the same
+    assert loader.resolve("churn").schema.frame is True  # selects columns by name: keeps frame
+
+
+def test_array_input_can_be_turned_off(
+    store: ModelStore, metrics: RecordingMetrics, iris_artifact: Path
+) -> None:
+    store.register("iris", iris_artifact, activate=True, actor="t")
+    loader = ModelLoader(store, metrics, array_input=False)
+    loader.refresh()
+    assert loader.resolve("iris").schema.frame is True

@@ -69,7 +69,8 @@ def test_nothing_listening_never_fails_a_request(
     app = make_app(statsd_host="127.0.0.1", statsd_port=dead_port)
     client = app.test_client()
     for _ in range(20):  # ICMP port-unreachable makes later sends fail: they must be swallowed
-        assert client.post("/v1/models/iris/predict", json={"instances": [IRIS_ROW]}).status_code == 200
+        response = client.post("/v1/models/iris/predict", json={"instances": [IRIS_ROW]})
+        assert response.status_code == 200
 
 
 def test_unresolvable_host_turns_metrics_off_instead_of_failing() -> None:

@@ -8,6 +8,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from serving import errors
+from serving.api import mlflow, v2
 from serving.api.jsonio import json_response
 
 log = logging.getLogger("serving.errors")
@@ -28,6 +29,10 @@ def register(app: Flask) -> None:
 
 
 def _serving_error(exc: errors.ServingError) -> Response:
+    if mlflow.owns(request.path):  # the MLflow scoring protocol has its own error shape
+        return mlflow.error_response(exc.status_code, exc.message)
+    if v2.owns(request.path):  # so has the Open Inference Protocol: {"error": "..."}
+        return v2.error_response(exc.status_code, exc.message)
     return json_response(exc.to_dict(), exc.status_code)
 
 
@@ -50,6 +55,10 @@ def _http_error(exc: HTTPException) -> Response:
         }
     }
     response = json_response(body, status)
+    if mlflow.owns(request.path):
+        response = mlflow.error_response(status, message)
+    if v2.owns(request.path):
+        response = v2.error_response(status, message)
     if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
         response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
     return response
@@ -64,4 +73,8 @@ def _unexpected(exc: Exception) -> Response:
             "message": f"internal error; the server log has details under request id {request_id}",
         }
     }
+    if mlflow.owns(request.path):
+        return mlflow.error_response(500, body["error"]["message"])
+    if v2.owns(request.path):
+        return v2.error_response(500, body["error"]["message"])
     return json_response(body, 500)

@@ -83,6 +83,9 @@ class ModelDetailSchema(ModelSummarySchema):
     task = fields.String()
     features = fields.List(fields.Nested(FeatureSchema))
     classes = fields.List(fields.Raw(), allow_none=True)
+    input = fields.String(
+        metadata={"enum": ["array", "frame"], "description": "what the model is fed"}
+    )
 
 
 class ModelListSchema(Schema):

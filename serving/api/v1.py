@@ -110,4 +110,5 @@ def _model_summary(name: str, detailed: bool = False) -> dict[str, Any]:
             out["task"] = loaded.task
             out["features"] = loaded.schema.describe()
             out["classes"] = loaded.classes
+            out["input"] = "frame" if loaded.schema.frame else "array"
     return out

@@ -1,0 +1,153 @@
+"""The MLflow scoring protocol (`mlflow models serve`, SageMaker): a thin front door over the core.
+
+`POST /invocations` scores the default model (`SERVING_DEFAULT_MODEL`, or the only deployed
+model) with the same loader, validation, prediction and request log/metrics as /v1; answers are
+`{"predictions": [...]}` and errors `{"error_code": "...", "message": "..."}`, like MLflow's.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, g, request
+
+from serving import mlflow_format
+from serving.api.jsonio import _read_body, json_response, read_json, record_prediction
+from serving.api.openapi import VERSION, doc
+from serving.errors import ModelNotFound, ServingError, UnsupportedMediaType
+from serving.loader import LoadedModel
+from serving.predict import PredictionResult, predict, predict_array
+from serving.state import ServingState, get_state
+from serving.store import DEFAULT_ALIAS
+
+# Failures on these paths are rendered in MLflow's error shape (see api/errors.py).
+PATHS = frozenset({"/invocations", "/ping", "/health", "/version"})
+JSON, CSV = "application/json", "text/csv"
+# MLflow's error codes for our statuses; any other 4xx is BAD_REQUEST, any other 5xx INTERNAL_ERROR.
+_ERROR_CODES = {
+    404: "RESOURCE_DOES_NOT_EXIST",
+    429: "REQUEST_LIMIT_EXCEEDED",
+    500: "INTERNAL_ERROR",
+    503: "TEMPORARILY_UNAVAILABLE",
+}
+
+bp = Blueprint("mlflow", __name__)
+_ERROR = {
+    "type": "object",
+    "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}},
+    "required": ["error_code", "message"],
+}
+_BODY = {
+    "description": "JSON with exactly one of dataframe_split, dataframe_records, instances, "
+    "inputs (and optional params, ignored); or CSV with a header row naming the features"
+}
+_PREDICTIONS = {"type": "object", "properties": {"predictions": {"type": "array", "items": {}}}}
+
+
+@bp.post("/invocations")
+@doc(
+    "MLflow scoring protocol: predict with the default model (SERVING_DEFAULT_MODEL)",
+    "mlflow",
+    {200: _PREDICTIONS, 400: _ERROR, 404: _ERROR, 413: _ERROR, 415: _ERROR, 503: _ERROR},
+    body=_BODY,
+    body_types=(JSON, CSV),
+)
+def invocations() -> Response:
+    mimetype = _content_type()
+    loaded = default_model(get_state())
+    g.model, g.version = loaded.name, loaded.version
+    result = _score_csv(loaded) if mimetype == CSV else _score_json(loaded)
+    record_prediction(result)
+    return json_response({"predictions": result.predictions})
+
+
+@bp.get("/ping")
+@bp.get("/health")
+@doc(
+    "MLflow/SageMaker health check: 200 when the default model can answer",
+    "mlflow",
+    {200: None, 503: _ERROR},
+)
+def ping() -> Response:
+    """200 when the default model can answer (what SageMaker and MLflow health checks ask)."""
+    try:
+        default_model(get_state())
+    except ServingError as exc:
+        return error_response(503, exc.message)
+    return Response("\n", mimetype=JSON)
+
+
+@bp.get("/version")
+@doc("The server version (text)", "mlflow", {200: {"type": "string"}}, response_type="text/plain")
+def version() -> Response:
+    return Response(VERSION, mimetype="text/plain")
+
+
+def owns(path: str) -> bool:
+    """True for the paths whose errors take MLflow's shape."""
+    return path in PATHS
+
+
+def error_response(status: int, message: str) -> Response:
+    """MLflow's error body. Our 422 (input the model cannot take) is MLflow's 400 BAD_REQUEST."""
+    status = 400 if status == 422 else status
+    code = _ERROR_CODES.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR")
+    return json_response({"error_code": code, "message": message}, status)
+
+
+def default_model(state: ServingState) -> LoadedModel:
+    """The model /invocations scores: SERVING_DEFAULT_MODEL, or the only deployed model."""
+    name = state.settings.default_model
+    if name is None:
+        return state.loader.resolve(_only_deployed(state))
+    try:
+        return state.loader.resolve(name)
+    except ModelNotFound as exc:
+        raise ModelNotFound(f"SERVING_DEFAULT_MODEL={name!r}: {exc.message}", exc.details) from None
+
+
+def _only_deployed(state: ServingState) -> str:
+    deployed = sorted(n for n, s in state.loader.states().items() if DEFAULT_ALIAS in s.wanted)
+    if len(deployed) != 1:
+        raise ModelNotFound(
+            f"no default model: {len(deployed)} models are deployed "
+            f"({', '.join(deployed) or 'none'}); set SERVING_DEFAULT_MODEL to the model "
+            "/invocations should score"
+        )
+    return deployed[0]
+
+
+def _content_type() -> str:
+    """application/json or text/csv, with at most `charset=utf-8`; else 415, as MLflow does."""
+    params = request.mimetype_params
+    charset = params.get("charset", "utf-8").lower()
+    if charset != "utf-8":
+        raise UnsupportedMediaType(f"charset {charset!r}: the scoring server only supports utf-8")
+    unexpected = sorted(set(params) - {"charset"})
+    if unexpected:
+        raise UnsupportedMediaType(
+            f"unrecognized content type parameters: {', '.join(unexpected)} (MLflow 1.x "
+            '`format=` parameters are gone: wrap the data in {"dataframe_split": ...})'
+        )
+    if request.mimetype not in (JSON, CSV):
+        got = repr(request.content_type) if request.content_type else "none"
+        raise UnsupportedMediaType(f"send Content-Type {JSON} or {CSV}; got {got}")
+    return request.mimetype
+
+
+def _score_json(loaded: LoadedModel) -> PredictionResult:
+    payload, may_have_bools = read_json(request)
+    instances = mlflow_format.to_instances(mlflow_format.parse_json(payload), loaded.schema)
+    return predict(
+        loaded,
+        instances,
+        max_instances=get_state().settings.max_instances,
+        may_have_bools=may_have_bools,
+    )
+
+
+def _score_csv(loaded: LoadedModel) -> PredictionResult:
+    frame = mlflow_format.read_csv(_read_body(request), loaded.schema)
+    max_instances = get_state().settings.max_instances
+    if loaded.schema.numeric_only:
+        matrix = mlflow_format.csv_matrix(frame, loaded.schema)
+        return predict_array(loaded, matrix, max_instances=max_instances)
+    return predict(loaded, mlflow_format.csv_rows(frame), max_instances=max_instances)
