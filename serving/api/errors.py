@@ -1,4 +1,8 @@
-"""Every failure leaves as `{"error": {"code", "message", "details"?}}`, never with internals."""
+"""Errors leave in each protocol's own shape, never with internals.
+
+/v1: `{"error": {"code", "message", "details"?}}`; /v2: `{"error": "..."}`;
+MLflow scoring: `{"error_code", "message"}`.
+"""
 
 from __future__ import annotations
 
