@@ -200,10 +200,24 @@ class ModelLoader:
                 self._metrics.serving_version(name, alias, version)
                 continue
             problems[alias] = f"version {version} failed to load: {loaded}"
-            if alias in previous:
-                serving[alias] = previous[alias]
-                problems[alias] += f"; still serving version {previous[alias].version}"
+            fallback = previous.get(alias) or self._fallback(name, alias, version, available)
+            if fallback is not None:
+                available[fallback.version] = fallback
+                serving[alias] = fallback
+                problems[alias] += f"; still serving version {fallback.version}"
         return ModelState(name, signature, dict(wanted), serving, problems)
+
+    def _fallback(
+        self, name: str, alias: str, bad: int, available: dict[int, LoadedModel]
+    ) -> LoadedModel | None:
+        """For a worker with nothing in memory (just started): the newest version the alias
+        pointed at before, per history.jsonl, that loads. Old workers keep what they served,
+        which is the same version unless history was edited by hand."""
+        for version in _earlier_versions(self._store.history(name), alias, bad):
+            loaded = available.get(version) or self._try_load(name, version)
+            if isinstance(loaded, LoadedModel):
+                return loaded
+        return None
 
     def _try_load(self, name: str, version: int) -> LoadedModel | str:
         """Load a version, or return the (remembered) reason it cannot serve."""
@@ -336,3 +350,16 @@ def _array_schema_if_equivalent(
         else (np.allclose(got, expected, rtol=1e-12, atol=0.0, equal_nan=True))
     )
     return fast if same else schema
+
+
+def _earlier_versions(history: list[dict[str, Any]], alias: str, current: int) -> list[int]:
+    """Versions `alias` pointed at, newest first, without `current` or repeats."""
+    seen: list[int] = []
+    for event in reversed(history):
+        if event.get("alias") != alias or event.get("action") not in ("promote", "rollback"):
+            continue
+        for key in ("version", "previous"):
+            version = event.get(key)
+            if isinstance(version, int) and version != current and version not in seen:
+                seen.append(version)
+    return seen

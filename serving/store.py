@@ -22,9 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from serving import artifacts
 from serving.errors import ModelNotFound, StoreError, VersionNotFound
 from serving.fsutil import (
     append_line,
@@ -163,6 +160,8 @@ class ModelStore:
         actor: str | None = None,
     ) -> int:
         """Copy `artifact` in as the next version (with metadata) and return its number."""
+        from serving import artifacts  # scikit-learn and pandas: only for writers of versions
+
         validate_name(name)
         artifact = Path(artifact)
         model = artifacts.read_artifact(artifact)
@@ -183,18 +182,18 @@ class ModelStore:
                 **described,
                 **(extra or {}),
             }
-            self._publish_version(model_dir, version, artifact, metadata)
+            self._publish_version(model_dir, version, artifact, metadata, artifacts.ARTIFACT_NAME)
             self._append_history(name, "register", actor, version=version)
             if activate:
                 self._set_alias(name, DEFAULT_ALIAS, version, "promote", actor)
         return version
 
     def _publish_version(
-        self, model_dir: Path, version: int, artifact: Path, metadata: dict[str, Any]
+        self, model_dir: Path, version: int, artifact: Path, metadata: dict[str, Any], target: str
     ) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
         try:
-            sha, size = copy_with_sha256(artifact, tmp / artifacts.ARTIFACT_NAME)
+            sha, size = copy_with_sha256(artifact, tmp / target)
             metadata.update(sha256=sha, size_bytes=size)
             body = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False).encode()
             atomic_write_bytes(tmp / METADATA, body + b"\n")
@@ -269,7 +268,9 @@ def _previous_version(history: list[dict[str, Any]], alias: str, current: int) -
     return None
 
 
-def _read_reference(path: Path) -> pd.DataFrame:
+def _read_reference(path: Path) -> Any:
+    import pandas as pd
+
     try:
         frame = pd.read_csv(path)
     except FileNotFoundError:
@@ -281,7 +282,7 @@ def _read_reference(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _reference_summary(path: Path | None, frame: pd.DataFrame | None) -> dict[str, Any] | None:
+def _reference_summary(path: Path | None, frame: Any) -> dict[str, Any] | None:
     if path is None or frame is None:
         return None
     return {"source": Path(path).name, "rows": len(frame), "columns": list(map(str, frame))}

@@ -261,3 +261,19 @@ def test_array_input_can_be_turned_off(
     loader = ModelLoader(store, metrics, array_input=False)
     loader.refresh()
     assert loader.resolve("iris").schema.frame is True
+
+
+def test_fresh_worker_falls_back_to_the_last_good_version_from_history(
+    store: ModelStore, iris_artifact: Path, iris_artifact_v2: Path, metrics: RecordingMetrics
+) -> None:
+    _two_versions(store, iris_artifact, iris_artifact_v2)
+    store.register("iris", iris_artifact, actor="t")  # v3
+    store.promote("iris", 2, actor="t")
+    (store.version_dir("iris", 3) / "model.joblib").write_bytes(b"corrupt")
+    store.promote("iris", 3, actor="t")
+    fresh = ModelLoader(store, metrics)  # like a worker gunicorn just (re)started
+    fresh.refresh()
+    assert fresh.resolve("iris").version == 2
+    problem = fresh.states()["iris"].problems["production"]
+    assert "sha256" in problem and "still serving version 2" in problem
+    assert fresh.ready() == (True, {})
