@@ -24,6 +24,7 @@ import numpy as np
 from serving import artifacts
 from serving.errors import ModelNotFound, ModelUnavailable, ServingError, StoreError
 from serving.metrics import Metrics
+from serving.routing import Route, variant_name
 from serving.schema import InputSchema
 from serving.store import DEFAULT_ALIAS, ModelStore
 
@@ -63,9 +64,21 @@ class ModelState:
     wanted: dict[str, int]
     serving: dict[str, LoadedModel]
     problems: dict[str, str] = field(default_factory=dict)
+    routes: dict[str, Route] = field(default_factory=dict)
+    shadows: dict[str, LoadedModel] = field(default_factory=dict)
+    loaded: dict[int, LoadedModel] = field(default_factory=dict)
 
     def versions(self) -> dict[int, LoadedModel]:
-        return {loaded.version: loaded for loaded in self.serving.values()}
+        return dict(self.loaded) or {m.version: m for m in self.serving.values()}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What serves one request: the model, its variant when the alias is split, a shadow."""
+
+    loaded: LoadedModel
+    variant: str | None
+    shadow: LoadedModel | None
 
 
 class ModelLoader:
@@ -100,14 +113,22 @@ class ModelLoader:
 
     # -- the hot path --------------------------------------------------------------------
 
-    def resolve(self, name: str, alias: str = DEFAULT_ALIAS) -> LoadedModel:
-        """The model serving `alias`, or ModelNotFound / ModelUnavailable."""
+    def resolve(self, name: str, alias: str = DEFAULT_ALIAS, key: str | None = None) -> LoadedModel:
+        """The model serving `alias` (its route applied), or ModelNotFound / ModelUnavailable."""
+        return self.choose(name, alias, key).loaded
+
+    def choose(self, name: str, alias: str = DEFAULT_ALIAS, key: str | None = None) -> Choice:
+        """Route one request: the variant by weight (sticky by `key`), and the alias's shadow."""
         state = self._states.get(name)
         if state is None:
             raise ModelNotFound(f"model {name!r} is not deployed", {"model": name})
+        route = state.routes.get(alias)
+        if route is not None:
+            version = route.choose(key)
+            return Choice(state.loaded[version], variant_name(version), state.shadows.get(alias))
         loaded = state.serving.get(alias)
         if loaded is not None:
-            return loaded
+            return Choice(loaded, None, state.shadows.get(alias))
         if alias in state.wanted:
             reason = state.problems.get(alias, "not loaded yet")
             raise ModelUnavailable(
@@ -121,10 +142,8 @@ class ModelLoader:
     def get_version(self, name: str, version: int) -> LoadedModel:
         """A pinned version: a deployed one from memory, another one through a small LRU."""
         state = self._states.get(name)
-        if state is not None:
-            for loaded in state.serving.values():
-                if loaded.version == version:
-                    return loaded
+        if state is not None and version in state.loaded:
+            return state.loaded[version]
         key = (name, version)
         with self._pinned_lock:
             loaded = self._pinned.get(key)
@@ -184,12 +203,13 @@ class ModelLoader:
         self, name: str, signature: tuple[int, int, int] | None, old: ModelState | None
     ) -> ModelState:
         try:
-            wanted = self._store.read_deployment(name)["aliases"]
+            deployment = self._store.read_deployment(name)
         except (StoreError, ValueError, TypeError) as exc:
             log.error("cannot read deployment of %s: %s", name, exc, extra={"model": name})
             return old or ModelState(name, signature, {}, {}, {})
+        wanted: dict[str, int] = deployment["aliases"]
         previous = old.serving if old else {}
-        available = {m.version: m for m in previous.values()}
+        available = dict(old.loaded) if old else {}
         serving: dict[str, LoadedModel] = {}
         problems: dict[str, str] = {}
         for alias, version in wanted.items():
@@ -205,7 +225,57 @@ class ModelLoader:
                 available[fallback.version] = fallback
                 serving[alias] = fallback
                 problems[alias] += f"; still serving version {fallback.version}"
-        return ModelState(name, signature, dict(wanted), serving, problems)
+        routes = self._routes(name, deployment, serving, available, problems)
+        shadows = self._shadows(name, deployment, available, problems)
+        keep = {m.version for m in serving.values()} | {m.version for m in shadows.values()}
+        for route in routes.values():
+            keep.update(route.versions)
+        loaded = {v: m for v, m in available.items() if v in keep}
+        return ModelState(name, signature, dict(wanted), serving, problems, routes, shadows, loaded)
+
+    def _routes(
+        self,
+        name: str,
+        deployment: dict[str, Any],
+        serving: dict[str, LoadedModel],
+        available: dict[int, LoadedModel],
+        problems: dict[str, str],
+    ) -> dict[str, Route]:
+        """Each split alias, over the variants that loaded (a failed one gets no traffic)."""
+        routes: dict[str, Route] = {}
+        for alias, doc in (deployment.get("routes") or {}).items():
+            if alias not in serving:
+                continue
+            usable = set()
+            for variant in doc.get("variants", []):
+                version = int(variant["version"])
+                loaded = available.get(version) or self._try_load(name, version)
+                if isinstance(loaded, LoadedModel):
+                    available[version] = loaded
+                    usable.add(version)
+                else:
+                    problems[f"{alias}/{variant_name(version)}"] = f"variant failed: {loaded}"
+            route = Route.from_doc(doc, usable)
+            if route is not None and len(route.versions) > 1:
+                routes[alias] = route
+        return routes
+
+    def _shadows(
+        self,
+        name: str,
+        deployment: dict[str, Any],
+        available: dict[int, LoadedModel],
+        problems: dict[str, str],
+    ) -> dict[str, LoadedModel]:
+        shadows: dict[str, LoadedModel] = {}
+        for alias, version in (deployment.get("shadows") or {}).items():
+            loaded = available.get(int(version)) or self._try_load(name, int(version))
+            if isinstance(loaded, LoadedModel):
+                available[loaded.version] = loaded
+                shadows[alias] = loaded
+            else:
+                problems[f"{alias}/shadow"] = f"shadow version {version} failed: {loaded}"
+        return shadows
 
     def _fallback(
         self, name: str, alias: str, bad: int, available: dict[int, LoadedModel]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 
 from serving.loader import ModelLoader
 from serving.metrics import Metrics
+from serving.recorder import Recorder
 from serving.settings import Settings
 from serving.store import ModelStore
 
@@ -20,10 +21,12 @@ class ServingState:
     store: ModelStore
     loader: ModelLoader
     metrics: Metrics
+    recorder: Recorder = field(default_factory=Recorder)
 
     def close(self) -> None:
         """Stop the poll thread and close sockets (tests, and a clean worker exit)."""
         self.loader.stop_polling()
+        self.recorder.close()
         self.metrics.close()
 
 

@@ -30,6 +30,7 @@ from serving.fsutil import (
     exclusive_lock,
     fsync_dir,
 )
+from serving.routing import route_doc, validate_weights
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALIAS_RE = NAME_RE
@@ -210,7 +211,7 @@ class ModelStore:
     def promote(
         self, name: str, version: int, alias: str = DEFAULT_ALIAS, actor: str | None = None
     ) -> int | None:
-        """Point `alias` at `version`; return the version it pointed at before."""
+        """Point `alias` at `version` (ending any split of it); return its version before."""
         validate_name(alias, "alias")
         self.version_dir(name, version)
         with self._locked(name):
@@ -231,12 +232,75 @@ class ModelStore:
             self._set_alias(name, alias, target, "rollback", actor)
             return target
 
+    def route(
+        self,
+        name: str,
+        weights: dict[int, float],
+        alias: str = DEFAULT_ALIAS,
+        sticky: bool = False,
+        actor: str | None = None,
+    ) -> dict[str, Any]:
+        """Split `alias` between versions by weight; the heaviest becomes its primary version.
+
+        The experiment id (the salt of sticky hashing) is kept while the same versions are
+        re-weighted, so a ramp from 10% to 20% moves only the users it must.
+        """
+        validate_name(alias, "alias")
+        validate_weights(weights, self.versions(name))
+        with self._locked(name):
+            deployment = self.read_deployment(name)
+            old = deployment.setdefault("routes", {}).get(alias) or {}
+            same = sorted(v["version"] for v in old.get("variants", [])) == sorted(weights)
+            experiment = (
+                old.get("experiment")
+                if same and old.get("experiment")
+                else (f"{name}/{alias}/{deployment.get('revision', 0) + 1}")
+            )
+            doc = route_doc(weights, sticky, experiment)
+            deployment["routes"][alias] = doc
+            primary = max(sorted(weights), key=lambda v: weights[v])
+            before = deployment["aliases"].get(alias)
+            deployment["aliases"][alias] = primary
+            self._write_deployment(name, deployment)
+            self._append_history(
+                name, "route", actor, alias=alias, previous=before, version=primary, route=doc
+            )
+            return doc
+
+    def shadow(
+        self, name: str, version: int | None, alias: str = DEFAULT_ALIAS, actor: str | None = None
+    ) -> int | None:
+        """Send a copy of `alias`'s traffic to `version` (None: stop); return the one before."""
+        validate_name(alias, "alias")
+        if version is not None:
+            self.version_dir(name, version)
+        with self._locked(name):
+            deployment = self.read_deployment(name)
+            shadows = deployment.setdefault("shadows", {})
+            before = shadows.pop(alias, None)
+            if version is not None:
+                shadows[alias] = int(version)
+            self._write_deployment(name, deployment)
+            self._append_history(
+                name, "shadow", actor, alias=alias, previous=before, shadow=version
+            )
+            return before
+
     def _set_alias(
         self, name: str, alias: str, version: int, action: str, actor: str | None
     ) -> int | None:
         deployment = self.read_deployment(name)
         before = deployment["aliases"].get(alias)
         deployment["aliases"][alias] = version
+        ended = deployment.get("routes", {}).pop(alias, None)
+        self._write_deployment(name, deployment)
+        extra = {"ended_route": ended} if ended else {}
+        self._append_history(
+            name, action, actor, alias=alias, previous=before, version=version, **extra
+        )
+        return before
+
+    def _write_deployment(self, name: str, deployment: dict[str, Any]) -> None:
         deployment["revision"] = int(deployment.get("revision", 0)) + 1
         deployment["updated_at"] = _now()
         body = json.dumps(deployment, indent=2, sort_keys=True).encode() + b"\n"
@@ -244,8 +308,6 @@ class ModelStore:
             atomic_write_bytes(self.deployment_path(name), body)
         except OSError as exc:
             raise StoreError(f"could not write {DEPLOYMENT}: {exc.strerror or exc}") from None
-        self._append_history(name, action, actor, alias=alias, previous=before, version=version)
-        return before
 
     def _append_history(self, name: str, action: str, actor: str | None, **fields: Any) -> None:
         event = {"at": _now(), "action": action, "actor": actor or default_actor(), **fields}
@@ -259,7 +321,7 @@ def _previous_version(history: list[dict[str, Any]], alias: str, current: int) -
     """The version `alias` had before the promote that made it `current`."""
     for event in reversed(history):
         if (
-            event.get("action") == "promote"
+            event.get("action") in ("promote", "route")
             and event.get("alias") == alias
             and event.get("version") == current
             and event.get("previous") not in (None, current)

@@ -9,6 +9,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
+from serving.recorder import PredictionRecord
 from serving.state import get_state
 
 log = logging.getLogger("serving.request")
@@ -39,6 +40,23 @@ def _finish(response: Response) -> Response:
     state.metrics.request(
         response.status_code, duration_ms, model, version, g.get("class_counts", ())
     )
+    if model is not None and version is not None:
+        ok = response.status_code == 200
+        state.recorder.record(
+            PredictionRecord(
+                request_id,
+                time.time(),
+                model,
+                version,
+                g.get("alias"),
+                g.get("variant"),
+                response.status_code,
+                duration_ms,
+                g.get("rows") or 0,
+                g.get("instances") if ok else None,
+                g.get("outputs") if ok else None,
+            )
+        )
     log.info(
         "request",
         extra={
@@ -48,6 +66,7 @@ def _finish(response: Response) -> Response:
             "status": response.status_code,
             "model": model,
             "version": version,
+            "alias": g.get("alias"),
             "variant": g.get("variant"),
             "rows": g.get("rows"),
             "duration_ms": round(duration_ms, 3),

@@ -85,3 +85,4 @@ def record_prediction(result: Any) -> None:
     g.model, g.version = result.model, result.version
     g.rows = result.rows
     g.class_counts = result.class_counts()
+    g.outputs = result.predictions

@@ -41,6 +41,12 @@ class PredictRequestSchema(Schema):
         },
     )
     return_proba = StrictBoolean(load_default=False)
+    routing_key = fields.String(
+        validate=lambda v: 0 < len(v) <= 256,
+        metadata={
+            "description": "sticky A/B key (or header X-Routing-Key): same key, same variant"
+        },
+    )
 
 
 # -- response schemas: used to generate /openapi.json (and checked against live responses) ----
@@ -63,6 +69,7 @@ class PredictResponseSchema(Schema):
     probabilities = fields.List(fields.List(fields.Float()))
     classes = fields.List(fields.Raw())
     request_id = fields.String(required=True)
+    variant = fields.String(metadata={"description": "the variant that served, when split"})
 
 
 class FeatureSchema(Schema):

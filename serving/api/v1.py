@@ -18,10 +18,12 @@ from serving.api.schemas import (
     PredictResponseSchema,
     VersionMetadataSchema,
 )
+from serving.api.shadow import shadow_call
 from serving.errors import InvalidInput, ModelNotFound
 from serving.loader import LoadedModel
 from serving.predict import predict
 from serving.state import get_state
+from serving.store import DEFAULT_ALIAS
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 _PREDICT_SCHEMA = PredictRequestSchema()
@@ -30,10 +32,22 @@ _PREDICT_DOC = {200: PredictResponseSchema, **_PREDICT_ERRORS}
 
 
 @bp.post("/models/<name>/predict")
-@doc("Predict with the production version", "v1", _PREDICT_DOC, PredictRequestSchema)
+@doc("Predict with the production alias", "v1", _PREDICT_DOC, PredictRequestSchema)
 def predict_default(name: str) -> Response:
+    return predict_alias(name, DEFAULT_ALIAS)
+
+
+@bp.post("/models/<name>/aliases/<alias>/predict")
+@doc("Predict through a named alias (staging, canary...)", "v1", _PREDICT_DOC, PredictRequestSchema)
+def predict_alias(name: str, alias: str) -> Response:
     payload, may_have_bools = _load_envelope()
-    return _predict(get_state().loader.resolve(name), payload, may_have_bools)
+    key = request.headers.get("X-Routing-Key") or payload.get("routing_key")
+    choice = get_state().loader.choose(name, alias, key)
+    g.alias, g.variant = alias, choice.variant
+    response = _predict(choice.loaded, payload, may_have_bools)
+    if choice.shadow is not None:
+        response.call_on_close(shadow_call(choice.shadow, payload, response))
+    return response
 
 
 @bp.post("/models/<name>/versions/<int:version>/predict")
@@ -75,6 +89,7 @@ def _load_envelope() -> tuple[dict[str, Any], bool]:
 
 def _predict(loaded: LoadedModel, payload: dict[str, Any], may_have_bools: bool) -> Response:
     g.model, g.version = loaded.name, loaded.version
+    g.instances = payload["instances"]
     settings = get_state().settings
     result = predict(
         loaded,
@@ -86,7 +101,10 @@ def _predict(loaded: LoadedModel, payload: dict[str, Any], may_have_bools: bool)
     record_prediction(result)
     body = result.body()
     body["request_id"] = g.request_id
-    return json_response(body)
+    variant = g.get("variant")
+    if variant is not None:
+        body["variant"] = variant
+    return json_response(body, headers={"X-Model-Variant": variant} if variant else None)
 
 
 def _model_summary(name: str, detailed: bool = False) -> dict[str, Any]:
