@@ -79,6 +79,13 @@ def describe_model(
         "numpy_version": np.__version__,
     }
     _smoke_test(model, schema, sample)
+    if reference is not None:
+        from serving.reference import reference_statistics
+
+        columns = _reference_columns(reference, names, n_features)
+        meta["reference_stats"] = reference_statistics(model, schema, columns, task)
+    else:
+        meta["reference_stats"] = None  # drift cannot be measured for this version
     return meta
 
 

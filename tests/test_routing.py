@@ -19,6 +19,14 @@ from tests.conftest import IRIS_ROW
 
 
 @pytest.fixture
+def two(store: ModelStore, iris_artifact: Path, iris_artifact_v2: Path) -> ModelStore:
+    """iris v1 in production, v2 registered: no split, so v2 only ever serves as a shadow."""
+    store.register("iris", iris_artifact, activate=True, actor="t")
+    store.register("iris", iris_artifact_v2, actor="t")
+    return store
+
+
+@pytest.fixture
 def split(store: ModelStore, iris_artifact: Path, iris_artifact_v2: Path) -> ModelStore:
     store.register("iris", iris_artifact, activate=True, actor="t")
     store.register("iris", iris_artifact_v2, actor="t")
@@ -158,9 +166,9 @@ class _Exploding:
 
 
 def test_shadow_failure_or_slowness_does_not_touch_the_primary_answer(
-    split: ModelStore, make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+    two: ModelStore, make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
 ) -> None:
-    split.shadow("iris", 2, actor="t")
+    two.shadow("iris", 2, actor="t")
     app = make_app()
     client = app.test_client()
     plain = client.post(
@@ -195,9 +203,9 @@ def test_shadow_agreement_is_logged(
 
 
 def test_slow_shadow_runs_after_the_response_is_built(
-    split: ModelStore, make_app: Callable[..., Flask]
+    two: ModelStore, make_app: Callable[..., Flask]
 ) -> None:
-    split.shadow("iris", 2, actor="t")
+    two.shadow("iris", 2, actor="t")
     app = make_app()
     state = app.extensions["serving"]
     shadow = state.loader.choose("iris").shadow
