@@ -30,8 +30,8 @@ FROM python:3.11.7-slim-bookworm AS runtime
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app \
         --shell /usr/sbin/nologin app \
-    && mkdir /models \
-    && chown 10001:10001 /models
+    && mkdir /models /data \
+    && chown 10001:10001 /models /data
 
 # Logs straight to stdout; no .pyc writes (the code is read-only for the app user anyway).
 # One BLAS/OpenMP thread per worker: gunicorn scales with processes, not threads.
@@ -42,6 +42,7 @@ ENV PYTHONUNBUFFERED=1 \
     OPENBLAS_NUM_THREADS=1 \
     MKL_NUM_THREADS=1 \
     SERVING_MODEL_STORE=/models \
+    SERVING_DATA_DIR=/data \
     PORT=8000 \
     PATH="/opt/venv/bin:$PATH"
 
@@ -54,7 +55,8 @@ COPY gunicorn.conf.py ./
 COPY serving/ ./serving/
 
 # The model store: versions and deployment.json live outside the image and survive upgrades.
-VOLUME ["/models"]
+# The prediction log and feedback (SQLite, WAL): written by the workers, kept across upgrades.
+VOLUME ["/models", "/data"]
 
 USER 10001:10001
 EXPOSE 8000

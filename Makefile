@@ -39,5 +39,12 @@ check: dev
 	$(VENV)/bin/ruff format --check serving tests gunicorn.conf.py
 	$(VENV)/bin/ruff check serving tests gunicorn.conf.py
 
+# Benchmark on loopback (bench/run.py), 4-5 minutes: BENCH_QUICK=1 for under 90 s,
+# BENCH_WORKERS=N (default 2), BENCH_DURATION=s per cell. Installs wrk (Debian) if missing.
+.PHONY: bench
+bench: venv
+	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+	$(PY) -m bench.run
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

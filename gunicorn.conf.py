@@ -3,8 +3,12 @@
 Run: `gunicorn -c gunicorn.conf.py` (what `make run` and the Dockerfile do).
 """
 
+import atexit
+import glob
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 from serving.logs import logging_config
 
@@ -39,8 +43,10 @@ workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 # Recycle a worker after this many requests (+ jitter so they do not all restart together)
 # to bound slow leaks in third-party code. 0 disables. A restarted worker loads the current
 # versions before it accepts a request.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
-max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "2000"))
+# A recycle costs a ~200 ms stall of that worker (it reloads its models before serving), so it
+# is rare: at 1,000 req/s per worker, about once a minute and a half.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "100000"))
+max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "10000"))
 
 # --- timeouts ---------------------------------------------------------------------------------
 # A worker silent for `timeout` s is killed. The app answers far sooner on its own: bodies are
@@ -59,6 +65,29 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # gunicorn's control socket (`gunicornc`) is an extra way in that we do not use: off.
 control_socket_disable = True
 
+# --- Prometheus (GET /metrics) ----------------------------------------------------------------
+# prometheus_client's multiprocess mode: every worker writes its metrics into mmapped files in
+# this directory and a scrape of any worker merges them all. It must be set before a worker
+# imports prometheus_client (the app imports it lazily, after this file ran in the master).
+# Default: a fresh directory in RAM, removed when this master exits (also after
+# `--check-config`, which loads the app but starts no server). An operator may set a fixed one;
+# either way on_starting empties it of the previous run's files.
+_master = {}  # on_starting puts the arbiter here
+
+
+def _remove_prometheus_dir(path, creator):
+    """At exit of the master that made `path`, unless a USR2 successor master still uses it."""
+    server = _master.get("server")
+    if os.getpid() == creator and not (server is not None and server.reexec_pid):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix="serving-prometheus-", dir=worker_tmp_dir
+    )
+    atexit.register(_remove_prometheus_dir, os.environ["PROMETHEUS_MULTIPROC_DIR"], os.getpid())
+
 # --- logging ----------------------------------------------------------------------------------
 # The same JSON dictConfig as the app; the app logs one line per request itself, so gunicorn's
 # access log is off to avoid a second line per request.
@@ -70,13 +99,37 @@ capture_output = False
 
 
 # --- hooks ------------------------------------------------------------------------------------
+def on_starting(server):
+    """Empty the Prometheus directory in the master, before any worker starts: counters of an
+    earlier run must not add up with this one's. A master re-executed by USR2 shares it with
+    the old workers still running, and leaves it alone."""
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(path, exist_ok=True)
+    if not server.master_pid:
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+    _master["server"] = server
+    server.log.info("prometheus multiprocess directory %s", path)
+
+
 def post_worker_init(worker):
-    """Start the model poll thread in the worker (never in the master: threads die at fork)."""
+    """Start the model poll and metrics sampler threads in the worker (never in the master:
+    threads die at fork)."""
+    from serving.api.prometheus import get_prometheus
     from serving.state import get_state
 
     app = getattr(worker, "wsgi", None)
     if app is not None and "serving" in getattr(app, "extensions", {}):
         get_state(app).loader.ensure_polling()
+        get_prometheus(app).ensure_sampling()
+
+
+def child_exit(server, worker):
+    """A worker died, however (master): drop its live gauges (in-flight, versions, CPU,
+    memory) from /metrics. Its counters and histograms stay, so totals never go back."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def worker_exit(server, worker):

@@ -8,10 +8,11 @@ import sklearn
 from flask import Flask
 from threadpoolctl import threadpool_limits
 
-from serving.api import errors, health, hooks, mlflow, openapi, v1, v2
+from serving.api import admin, errors, feedback, health, hooks, mlflow, openapi, prometheus, v1, v2
 from serving.loader import ModelLoader
 from serving.logs import init_logging
-from serving.metrics import make_metrics
+from serving.metrics import MetricsGroup, make_metrics
+from serving.predlog import make_recorder
 from serving.settings import Settings
 from serving.state import EXTENSION, ServingState
 from serving.store import ModelStore
@@ -24,12 +25,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_runtime(settings)
     init_state(app, settings)
     hooks.register(app)
+    prometheus.register(app)
     errors.register(app)
     app.register_blueprint(v1.bp)
     app.register_blueprint(v2.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(mlflow.bp)
+    app.register_blueprint(feedback.bp)
+    if settings.admin_token:  # no token, no admin API: every /v1/admin path is a 404
+        app.register_blueprint(admin.bp)
     return app
 
 
@@ -45,7 +50,8 @@ def init_runtime(settings: Settings) -> None:
 
 
 def init_state(app: Flask, settings: Settings) -> ServingState:
-    metrics = make_metrics(settings.statsd_host, settings.statsd_port, settings.statsd_prefix)
+    statsd = make_metrics(settings.statsd_host, settings.statsd_port, settings.statsd_prefix)
+    metrics = MetricsGroup(statsd, prometheus.init_app(app, start_sampler=settings.start_poller))
     store = ModelStore(settings.model_store)
     loader = ModelLoader(
         store,
@@ -58,6 +64,6 @@ def init_state(app: Flask, settings: Settings) -> ServingState:
     loader.refresh()  # a (re)started worker serves the current versions from its first request
     if settings.start_poller:
         loader.ensure_polling()
-    state = ServingState(settings, store, loader, metrics)
+    state = ServingState(settings, store, loader, metrics, recorder=make_recorder(settings))
     app.extensions[EXTENSION] = state
     return state

@@ -41,6 +41,20 @@ class VersionNotFound(NotFound):
     code = "version_not_found"
 
 
+class Unauthorized(ServingError):
+    """No bearer token, or not `Authorization: Bearer <token>` (sent with WWW-Authenticate)."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServingError):
+    """A bearer token that is not the admin token."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class MethodNotAllowed(ServingError):
     status_code = 405
     code = "method_not_allowed"

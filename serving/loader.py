@@ -426,7 +426,11 @@ def _earlier_versions(history: list[dict[str, Any]], alias: str, current: int) -
     """Versions `alias` pointed at, newest first, without `current` or repeats."""
     seen: list[int] = []
     for event in reversed(history):
-        if event.get("alias") != alias or event.get("action") not in ("promote", "rollback"):
+        if event.get("alias") != alias or event.get("action") not in (
+            "promote",
+            "rollback",
+            "route",
+        ):
             continue
         for key in ("version", "previous"):
             version = event.get(key)

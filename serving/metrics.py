@@ -34,6 +34,7 @@ class Metrics:
         model: str | None = None,
         version: int | None = None,
         class_counts: Iterable[tuple[object, int]] = (),
+        variant: str | None = None,
     ) -> None:
         """Record one finished request."""
 
@@ -42,6 +43,9 @@ class Metrics:
 
     def serving_version(self, model: str, alias: str, version: int) -> None:
         """Record which version serves an alias in this worker."""
+
+    def set_drift(self, model: str, version: int, feature: str, psi: float) -> None:
+        """Record the drift (PSI) of one feature of a version against its reference."""
 
     def close(self) -> None:
         """Release the socket, if any."""
@@ -72,6 +76,7 @@ class StatsdMetrics(Metrics):
         model: str | None = None,
         version: int | None = None,
         class_counts: Iterable[tuple[object, int]] = (),
+        variant: str | None = None,
     ) -> None:
         client = self._get()
         if client is None:
@@ -102,6 +107,42 @@ class StatsdMetrics(Metrics):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class MetricsGroup(Metrics):
+    """Several backends behind the one interface (StatsD and Prometheus), called in order."""
+
+    def __init__(self, *members: Metrics) -> None:
+        self._members = members
+
+    def request(
+        self,
+        status: int,
+        duration_ms: float,
+        model: str | None = None,
+        version: int | None = None,
+        class_counts: Iterable[tuple[object, int]] = (),
+        variant: str | None = None,
+    ) -> None:
+        counts = class_counts if isinstance(class_counts, list | tuple) else list(class_counts)
+        for member in self._members:
+            member.request(status, duration_ms, model, version, counts, variant)
+
+    def swap(self, model: str, ok: bool) -> None:
+        for member in self._members:
+            member.swap(model, ok)
+
+    def serving_version(self, model: str, alias: str, version: int) -> None:
+        for member in self._members:
+            member.serving_version(model, alias, version)
+
+    def set_drift(self, model: str, version: int, feature: str, psi: float) -> None:
+        for member in self._members:
+            member.set_drift(model, version, feature, psi)
+
+    def close(self) -> None:
+        for member in self._members:
+            member.close()
 
 
 def make_metrics(host: str | None, port: int, prefix: str) -> Metrics:

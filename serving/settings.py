@@ -36,6 +36,15 @@ class Settings:
     # Feed numeric models fitted on DataFrames a bare float64 array when a check at load time
     # shows identical answers on the sample input (about 3x less scikit-learn overhead per call).
     array_input: bool = True
+    # The prediction log (feedback, A/B reports): SQLite under this directory, shared by the
+    # workers. `log_sample` is the share of requests logged (0 turns the log off); rows older
+    # than `log_retention_days` or beyond the newest `log_max_rows` are pruned. Inputs are kept
+    # for the first `log_input_rows` instances of a request only (0: never; outputs always).
+    data_dir: Path = Path("data")
+    log_sample: float = 1.0
+    log_retention_days: float = 7.0
+    log_max_rows: int = 1_000_000
+    log_input_rows: int = 100
     configure_logging: bool = True
     start_poller: bool = True
 
@@ -58,6 +67,13 @@ class Settings:
             pinned_cache_size=reader.integer("SERVING_PINNED_CACHE_SIZE", 2, low=0, high=64),
             array_input=reader.flag("SERVING_ARRAY_INPUT", True),
             default_model=reader.text("SERVING_DEFAULT_MODEL", "") or None,
+            data_dir=Path(reader.text("SERVING_DATA_DIR", "data") or "data"),
+            log_sample=reader.number("SERVING_LOG_SAMPLE", 1.0, low=0.0, high=1.0),
+            log_retention_days=reader.number(
+                "SERVING_LOG_RETENTION_DAYS", 7.0, low=0.001, high=3650
+            ),
+            log_max_rows=reader.integer("SERVING_LOG_MAX_ROWS", 1_000_000, low=1),
+            log_input_rows=reader.integer("SERVING_LOG_INPUT_ROWS", 100, low=0),
         )
 
 

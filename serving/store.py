@@ -218,15 +218,22 @@ class ModelStore:
             return self._set_alias(name, alias, int(version), "promote", actor)
 
     def rollback(self, name: str, alias: str = DEFAULT_ALIAS, actor: str | None = None) -> int:
-        """Point `alias` back to the version it had before its current one (from history)."""
+        """Point `alias` back to the version it had before its current one (from history).
+
+        A split alias (a canary) goes back to the one version it served before the split.
+        """
         validate_name(alias, "alias")
         if not self.exists(name):
             raise ModelNotFound(f"model {name!r} is not in the store", {"model": name})
         with self._locked(name):
-            current = self.read_deployment(name)["aliases"].get(alias)
+            deployment = self.read_deployment(name)
+            current = deployment["aliases"].get(alias)
             if current is None:
                 raise StoreError(f"{name}: alias {alias!r} points at no version")
-            target = _previous_version(self.history(name), alias, current)
+            if alias in deployment.get("routes", {}):
+                target = _version_before_split(self.history(name), alias) or current
+            else:
+                target = _previous_version(self.history(name), alias, current)
             if target is None:
                 raise StoreError(f"{name}: alias {alias!r} has no earlier version to roll back to")
             self._set_alias(name, alias, target, "rollback", actor)
@@ -272,7 +279,9 @@ class ModelStore:
     ) -> int | None:
         """Send a copy of `alias`'s traffic to `version` (None: stop); return the one before."""
         validate_name(alias, "alias")
-        if version is not None:
+        if version is None:
+            self._existing(name)  # stopping a shadow must not create an unknown model's folder
+        else:
             self.version_dir(name, version)
         with self._locked(name):
             deployment = self.read_deployment(name)
@@ -328,6 +337,22 @@ def _previous_version(history: list[dict[str, Any]], alias: str, current: int) -
         ):
             return int(event["previous"])
     return None
+
+
+def _version_before_split(history: list[dict[str, Any]], alias: str) -> int | None:
+    """The version `alias` served before the run of `route` events that split it."""
+    before = None
+    for event in reversed(history):
+        if event.get("alias") != alias or event.get("action") not in (
+            "promote",
+            "rollback",
+            "route",
+        ):
+            continue
+        if event["action"] != "route":
+            break
+        before = event.get("previous")
+    return int(before) if before is not None else None
 
 
 def _read_reference(path: Path) -> Any:

@@ -129,9 +129,10 @@ def store(tmp_path: Path) -> ModelStore:
 
 
 @pytest.fixture
-def settings(store: ModelStore) -> Settings:
+def settings(store: ModelStore, tmp_path: Path) -> Settings:
     return Settings(
         model_store=store.root,
+        data_dir=tmp_path / "data",
         statsd_host=None,
         configure_logging=False,
         start_poller=False,

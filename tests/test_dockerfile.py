@@ -162,7 +162,8 @@ def test_dependencies_are_installed_before_the_code_is_copied(
 def test_model_store_is_the_volume_and_env_pins_threads(dockerfile: list[Instruction]) -> None:
     runtime = final_stage(dockerfile)
     env = env_of(runtime)
-    assert json.loads(args_of(runtime, "VOLUME")[0]) == [env["SERVING_MODEL_STORE"]] == ["/models"]
+    volumes = json.loads(args_of(runtime, "VOLUME")[0])
+    assert volumes == [env["SERVING_MODEL_STORE"], env["SERVING_DATA_DIR"]] == ["/models", "/data"]
     assert args_of(runtime, "EXPOSE") == [env["PORT"]] == ["8000"]
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         assert env[var] == "1", var

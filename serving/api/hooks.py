@@ -38,7 +38,12 @@ def _finish(response: Response) -> Response:
         response.headers["X-Model-Version"] = str(version)
     state = get_state()
     state.metrics.request(
-        response.status_code, duration_ms, model, version, g.get("class_counts", ())
+        response.status_code,
+        duration_ms,
+        model,
+        version,
+        g.get("class_counts", ()),
+        variant=g.get("variant"),
     )
     if model is not None and version is not None:
         ok = response.status_code == 200

@@ -30,6 +30,8 @@ _PARAM_NAMES = {"name": {"type": "string", "pattern": NAME_RE.pattern}}
 _STATUS_TEXT = {
     200: "OK",
     400: "Malformed request",
+    401: "Missing or malformed bearer token",
+    403: "Wrong bearer token",
     404: "Unknown model, version or route",
     405: "Method not allowed",
     413: "Body too large",
@@ -47,11 +49,18 @@ def doc(
     body: type[Schema] | dict[str, Any] | None = None,
     body_types: tuple[str, ...] = ("application/json",),
     response_type: str = "application/json",
+    security: list[dict[str, list[str]]] | None = None,
+    query: type[Schema] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Attach an OpenAPI operation to a view; schemas are marshmallow classes (or raw dicts)."""
+    """Attach an OpenAPI operation to a view; schemas are marshmallow classes (or raw dicts).
+
+    `security` names schemes of `build_spec` (e.g. `[{"bearer": []}]`); `query` is a schema
+    whose fields are the query parameters.
+    """
 
     def attach(view: Callable[..., Any]) -> Callable[..., Any]:
-        setattr(view, _ATTR, (summary, tag, responses, body, body_types, response_type))
+        meta = (summary, tag, responses, body, body_types, response_type, security, query)
+        setattr(view, _ATTR, meta)
         return view
 
     return attach
@@ -71,6 +80,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
     )
     plugin.map_to_openapi_type(schemas.StrictBoolean, "boolean", None)
     plugin.map_to_openapi_type(schemas.Instances, "array", None)
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         view = app.view_functions.get(rule.endpoint)
         meta = getattr(view, _ATTR, None)
@@ -109,15 +119,19 @@ def _path_and_parameters(rule: str) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _operation(endpoint: str, meta: tuple[Any, ...], parameters: list[Any]) -> dict[str, Any]:
-    summary, tag, responses, body, body_types, response_type = meta
+    summary, tag, responses, body, body_types, response_type, security, query = meta
     op: dict[str, Any] = {
         "operationId": endpoint.replace(".", "_"),
         "summary": summary,
         "tags": [tag],
         "responses": {},
     }
+    if query is not None:
+        parameters = [*parameters, {"in": "query", "schema": query}]
     if parameters:
         op["parameters"] = parameters
+    if security is not None:
+        op["security"] = security
     if body is not None:
         op["requestBody"] = {"required": True, "content": {t: {"schema": body} for t in body_types}}
     for status, schema in responses.items():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate
+
+from serving.store import DEFAULT_ALIAS, NAME_RE
 
 
 class StrictBoolean(fields.Field):
@@ -85,8 +87,19 @@ class ModelSummarySchema(Schema):
 
 
 class ModelDetailSchema(ModelSummarySchema):
+    routes = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(),
+        metadata={"description": "split aliases: variants (version, weight), sticky, experiment"},
+    )
+    shadows = fields.Dict(
+        keys=fields.String(), values=fields.Integer(), metadata={"description": "alias -> shadow"}
+    )
     problems = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
-    worker = fields.Dict(required=True)
+    worker = fields.Dict(
+        required=True,
+        metadata={"description": "this worker: pid, and the routes and shadows it applies now"},
+    )
     task = fields.String()
     features = fields.List(fields.Nested(FeatureSchema))
     classes = fields.List(fields.Raw(), allow_none=True)
@@ -117,3 +130,106 @@ class VersionMetadataSchema(Schema):
 class HealthSchema(Schema):
     status = fields.String(required=True)
     waiting = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+# -- the admin API: request bodies (strict) and answers -----------------------------------
+
+
+class Weight(fields.Float):
+    """A JSON number, not a string or a boolean; the store refuses negatives and all zeros."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if type(value) not in (int, float):
+            raise ValidationError("Must be a number.")
+        return float(value)
+
+
+def _alias_field() -> fields.String:
+    return fields.String(
+        load_default=DEFAULT_ALIAS,
+        validate=validate.Regexp(NAME_RE, error="Not a valid alias name."),
+        metadata={"description": f"the alias to change (default: {DEFAULT_ALIAS})"},
+    )
+
+
+def _version_field(**kwargs: Any) -> fields.Integer:
+    return fields.Integer(strict=True, validate=validate.Range(min=1), **kwargs)
+
+
+class PromoteRequestSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    version = _version_field(required=True)
+    alias = _alias_field()
+
+
+class AliasRequestSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    version = _version_field(required=True)
+
+
+class RollbackRequestSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    alias = _alias_field()
+
+
+class RouteRequestSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    alias = _alias_field()
+    weights = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(r"^[1-9][0-9]{0,8}$", error="Not a version.")),
+        values=Weight(),
+        required=True,
+        metadata={"description": "version -> weight, e.g. 90/10", "example": {"3": 90, "4": 10}},
+    )
+    sticky = StrictBoolean(
+        load_default=False,
+        metadata={"description": "same routing key (X-Routing-Key), same variant"},
+    )
+
+    @post_load
+    def _versions_as_numbers(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data["weights"] = {int(version): weight for version, weight in data["weights"].items()}
+        return data
+
+
+class ShadowRequestSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    alias = _alias_field()
+    version = _version_field(
+        required=True, allow_none=True, metadata={"description": "null stops the shadow"}
+    )
+
+
+class HistoryQuerySchema(Schema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
+
+
+class AdminChangeSchema(Schema):
+    model = fields.String(required=True)
+    action = fields.String(
+        required=True, metadata={"enum": ["promote", "rollback", "route", "shadow"]}
+    )
+    alias = fields.String(required=True)
+    previous = fields.Integer(
+        allow_none=True, metadata={"description": "the version (or shadow) before the change"}
+    )
+    version = fields.Integer(
+        allow_none=True, metadata={"description": "the version (or shadow) after the change"}
+    )
+    route = fields.Dict(metadata={"description": "the split written (route only)"})
+    deployment = fields.Dict(required=True, metadata={"description": "deployment.json after"})
+
+
+class HistorySchema(Schema):
+    model = fields.String(required=True)
+    events = fields.List(fields.Dict(), required=True)

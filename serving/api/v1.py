@@ -20,7 +20,7 @@ from serving.api.schemas import (
 )
 from serving.api.shadow import shadow_call
 from serving.errors import InvalidInput, ModelNotFound
-from serving.loader import LoadedModel
+from serving.loader import LoadedModel, ModelState
 from serving.predict import predict
 from serving.state import get_state
 from serving.store import DEFAULT_ALIAS
@@ -119,8 +119,10 @@ def _model_summary(name: str, detailed: bool = False) -> dict[str, Any]:
         "serving": serving,
     }
     if detailed:
+        out["routes"] = deployment.get("routes") or {}
+        out["shadows"] = deployment.get("shadows") or {}
         out["problems"] = dict(live.problems) if live else {}
-        out["worker"] = {"pid": os.getpid()}
+        out["worker"] = {"pid": os.getpid(), **_live_routing(live)}
         loaded = None
         if live:
             loaded = live.serving.get("production") or next(iter(live.serving.values()), None)
@@ -130,3 +132,19 @@ def _model_summary(name: str, detailed: bool = False) -> dict[str, Any]:
             out["classes"] = loaded.classes
             out["input"] = "frame" if loaded.schema.frame else "array"
     return out
+
+
+def _live_routing(live: ModelState | None) -> dict[str, Any]:
+    """The splits and shadows this worker applies now (it converges on deployment.json)."""
+    routes: dict[str, Any] = {}
+    for alias, route in (live.routes if live else {}).items():
+        shares = [b - a for a, b in zip((0.0, *route.cumulative), route.cumulative)]
+        routes[alias] = {
+            "variants": [
+                {"version": v, "share": round(share, 6)} for v, share in zip(route.versions, shares)
+            ],
+            "sticky": route.sticky,
+            "experiment": route.experiment,
+        }
+    shadows = {alias: m.version for alias, m in live.shadows.items()} if live else {}
+    return {"routes": routes, "shadows": shadows}

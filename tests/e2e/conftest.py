@@ -354,6 +354,7 @@ def server_env(
             "PORT": "0",
             "WEB_CONCURRENCY": str(workers),
             "SERVING_MODEL_STORE": str(store),
+            "SERVING_DATA_DIR": str(store.parent / "data"),
             "SERVING_POLL_INTERVAL": str(POLL_INTERVAL),
             "SERVING_STATSD_HOST": "127.0.0.1",
             "SERVING_STATSD_PORT": str(statsd_port),

@@ -1,0 +1,1 @@
+"""`make bench`: the serving benchmark harness (run with `python -m bench.run`)."""

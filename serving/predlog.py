@@ -1,0 +1,435 @@
+"""The prediction log and feedback, in the embedded store, written off the request path.
+
+`SQLiteRecorder.record()` runs on the request path and only samples and appends to a bounded
+in-memory queue (full: the record is dropped and counted, the request never waits). A daemon
+thread per worker process, started by the first record, drains the queue every
+`flush_interval` into one transaction, turning numpy outputs into JSON there, and prunes rows
+past the retention period or the row cap now and then. Inputs are kept for the first
+`input_rows` instances of a request only, so a 10,000-row batch does not write megabytes.
+
+Sampling is a stable hash of the request id, so a shadow's copy of a request is kept exactly
+when its primary is, and every worker samples the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from serving.datastore import DataStore
+from serving.errors import ServingError
+from serving.recorder import PredictionRecord, Recorder
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "predlog"
+MIGRATIONS = [
+    [
+        "CREATE TABLE predictions (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL,"
+        " at REAL NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL, alias TEXT,"
+        " variant TEXT, shadow INTEGER NOT NULL, status INTEGER NOT NULL,"
+        " latency_ms REAL NOT NULL, rows INTEGER NOT NULL, inputs TEXT, outputs TEXT)",
+        "CREATE INDEX predictions_by_model ON predictions (model, alias, at)",
+        "CREATE INDEX predictions_by_request ON predictions (request_id)",
+        "CREATE INDEX predictions_by_time ON predictions (at)",
+        # The true label (classifier) or value (regressor) of one row of one prediction.
+        "CREATE TABLE feedback (request_id TEXT NOT NULL, row INTEGER NOT NULL,"
+        " truth TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL,"
+        " PRIMARY KEY (request_id, row))",
+        "CREATE INDEX feedback_by_time ON feedback (at)",
+    ],
+]
+QUEUE_SIZE = 10_000  # records waiting per worker; beyond it they are dropped and counted
+FLUSH_INTERVAL = 0.2  # seconds between the writer's transactions
+PRUNE_INTERVAL = 60.0  # seconds between retention passes of each worker
+_YIELD_AFTER = 0.0002  # seconds of JSON conversion between two releases of the GIL
+_PRUNE_CHUNK = 10_000  # rows per delete transaction: short write locks for the other workers
+_INSERT = (
+    "INSERT INTO predictions (request_id, at, model, version, alias, variant, shadow, status,"
+    " latency_ms, rows, inputs, outputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class PredictionLogOff(ServingError):
+    """Feedback and A/B reports need the prediction log, and it is off."""
+
+    status_code = 503
+    code = "prediction_log_off"
+
+
+def make_recorder(settings: Settings) -> Recorder:
+    """The prediction log of an app, or the null recorder when SERVING_LOG_SAMPLE is 0."""
+    if settings.log_sample <= 0:
+        return Recorder()
+    return SQLiteRecorder(
+        DataStore(settings.data_dir),
+        settings.log_sample,
+        settings.log_retention_days,
+        settings.log_max_rows,
+        input_rows=settings.log_input_rows,
+    )
+
+
+def sampled(request_id: str, rate: float) -> bool:
+    """Whether `request_id` falls in the sample: the same answer in every worker."""
+    if rate >= 1.0:
+        return True
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < rate * 2.0**64
+
+
+class SQLiteRecorder(Recorder):
+    """The prediction log of one app: a queue per worker, a writer thread, the shared store."""
+
+    def __init__(
+        self,
+        datastore: DataStore,
+        sample: float = 1.0,
+        retention_days: float = 7.0,
+        max_rows: int = 1_000_000,
+        input_rows: int = 100,
+        queue_size: int = QUEUE_SIZE,
+        flush_interval: float = FLUSH_INTERVAL,
+        prune_interval: float = PRUNE_INTERVAL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.datastore = datastore
+        self._sample = sample
+        self._retention_s = retention_days * 86400.0
+        self._max_rows = max_rows
+        self._input_rows = input_rows
+        self._queue_size = queue_size
+        self.flush_interval = flush_interval
+        self._prune_interval = prune_interval
+        self._clock = clock
+        self._queue: deque[PredictionRecord] = deque()
+        self._pid = -1  # the process whose writer thread is running
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._start_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._failing = False
+        self.dropped = 0  # queue full
+        self.failed = 0  # lost to a write error
+        self.written = 0
+
+    # -- the request path ------------------------------------------------------------------
+
+    def record(self, record: PredictionRecord) -> None:
+        if self._pid != os.getpid() and not self._start_writer():
+            return
+        if self._sample < 1.0 and not sampled(record.request_id, self._sample):
+            return
+        if len(self._queue) >= self._queue_size:
+            self.dropped += 1
+            return
+        self._queue.append(record)
+
+    # -- the writer ------------------------------------------------------------------------
+
+    def _start_writer(self) -> bool:
+        """Start this process's writer thread (a forked child gets its own). False once closed."""
+        with self._start_lock:
+            if self._closed:
+                return False
+            if self._pid == os.getpid():
+                return True
+            # A child inherits a copy of its parent's queue and locks: those are the parent's.
+            self._queue = deque()
+            self._write_lock = threading.Lock()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+            self._thread.start()
+            self._pid = os.getpid()
+            return True
+
+    def _run(self) -> None:
+        next_prune, dropped = self._clock(), 0
+        while not self._stop.wait(self.flush_interval):
+            self.flush()
+            if self.dropped > dropped:
+                log.warning(
+                    "prediction log: queue full, %d records dropped (%d in all)",
+                    self.dropped - dropped,
+                    self.dropped,
+                )
+                dropped = self.dropped
+            if self._clock() >= next_prune:
+                self._prune_logged()
+                next_prune = self._clock() + self._prune_interval
+
+    def flush(self) -> int:
+        """Write every queued record now, in one transaction; the number written."""
+        with self._write_lock:
+            batch = []
+            while self._queue:
+                batch.append(self._queue.popleft())
+            if not batch:
+                return 0
+            try:
+                rows = self._convert(batch)
+                self.datastore.ensure_schema(COMPONENT, MIGRATIONS)
+                with self.datastore.transaction() as conn:
+                    conn.executemany(_INSERT, rows)
+            except Exception:  # a full disk or a locked store must not kill the writer
+                self.failed += len(batch)
+                if not self._failing:
+                    log.exception(
+                        "prediction log %s: %d records lost", self.datastore.path, len(batch)
+                    )
+                self._failing = True
+                return 0
+            self._failing = False
+            self.written += len(batch)
+            return len(batch)
+
+    def _convert(self, batch: list[PredictionRecord]) -> list[tuple[Any, ...]]:
+        """Rows to insert. Sleeps briefly every `_YIELD_AFTER` s of work: a request thread
+        waiting for the GIL would otherwise wait up to the 5 ms switch interval."""
+        rows, since = [], time.perf_counter()
+        for record in batch:
+            rows.append(_to_row(record, self._input_rows))
+            if time.perf_counter() - since > _YIELD_AFTER:
+                time.sleep(0)
+                since = time.perf_counter()
+        return rows
+
+    def prune(self) -> int:
+        """Delete rows past the retention period and beyond the row cap; the number deleted."""
+        self.datastore.ensure_schema(COMPONENT, MIGRATIONS)
+        cutoff = self._clock() - self._retention_s
+        deleted = _delete_chunked(
+            self.datastore,
+            "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE at < ? LIMIT ?)",
+            cutoff,
+        )
+        deleted += _delete_chunked(
+            self.datastore,
+            "DELETE FROM feedback WHERE rowid IN (SELECT rowid FROM feedback WHERE at < ? LIMIT ?)",
+            cutoff,
+        )
+        # ids grow by one per insert: the newest `max_rows` ids are the ones kept.
+        deleted += _delete_chunked(
+            self.datastore,
+            "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE "
+            "id <= (SELECT MAX(id) FROM predictions) - ? LIMIT ?)",
+            self._max_rows,
+        )
+        return deleted
+
+    def _prune_logged(self) -> None:
+        try:
+            self.prune()
+        except Exception:
+            log.exception("prediction log: pruning failed")
+
+    def close(self) -> None:
+        """Stop the writer, write what is queued, close this process's connections."""
+        with self._start_lock:
+            self._closed = True
+            mine = self._pid == os.getpid()
+        if mine and self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+            self._thread = None
+            self.flush()
+        self._pid = -1  # a later record() finds the recorder closed
+        self.datastore.close()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "queued": len(self._queue),
+            "written": self.written,
+            "dropped": self.dropped,
+            "failed": self.failed,
+        }
+
+    # -- feedback --------------------------------------------------------------------------
+
+    def add_feedback(self, items: Sequence[Feedback]) -> FeedbackResult:
+        """Store feedback for logged predictions; report ids no prediction has.
+
+        This worker's queue is flushed first. Another worker's prediction may still sit in its
+        queue for up to one flush interval, so unknown ids are looked up once more after that.
+        """
+        self.flush()
+        with self.datastore.errors():
+            return self._add_feedback(items)
+
+    def _add_feedback(self, items: Sequence[Feedback]) -> FeedbackResult:
+        result = store_feedback(self.datastore, items, self._clock())
+        if result.unknown:
+            time.sleep(2 * self.flush_interval)
+            missing = set(result.unknown)
+            retry = store_feedback(
+                self.datastore, [i for i in items if i.request_id in missing], self._clock()
+            )
+            result = FeedbackResult(
+                result.accepted + retry.accepted,
+                retry.unknown,
+                result.invalid_rows + retry.invalid_rows,
+            )
+        return result
+
+
+def _delete_chunked(datastore: DataStore, sql: str, bound: float) -> int:
+    total = 0
+    while True:
+        with datastore.transaction() as conn:
+            count = conn.execute(sql, (bound, _PRUNE_CHUNK)).rowcount
+        total += count
+        if count < _PRUNE_CHUNK:
+            return total
+
+
+def _to_row(record: PredictionRecord, input_rows: int) -> tuple[Any, ...]:
+    inputs = record.inputs
+    if inputs is not None and len(inputs) > input_rows:
+        inputs = inputs[:input_rows] if input_rows > 0 else None
+    return (
+        record.request_id,
+        record.at,
+        record.model,
+        record.version,
+        record.alias,
+        record.variant,
+        int(record.shadow),
+        record.status,
+        record.latency_ms,
+        record.rows,
+        to_json(inputs),
+        to_json(record.outputs),
+    )
+
+
+def to_json(value: Any) -> str | None:
+    """JSON text of inputs or outputs (numpy arrays included); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and (value.dtype == object or not value.flags.c_contiguous):
+        value = value.tolist()
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=_fallback).decode()
+
+
+def _fallback(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+# -- feedback --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """The truth for one row of one logged prediction."""
+
+    request_id: str
+    truth: Any  # a class label, or a number for a regressor
+    kind: str = "label"  # "label" | "value"
+    row: int = 0
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    accepted: int
+    unknown: list[str] = field(default_factory=list)  # request ids no prediction has
+    invalid_rows: list[dict[str, Any]] = field(default_factory=list)  # row past the prediction's
+
+
+def store_feedback(datastore: DataStore, items: Sequence[Feedback], now: float) -> FeedbackResult:
+    """Insert (or replace: the latest truth wins) feedback whose prediction is logged."""
+    if not items:
+        return FeedbackResult(0)
+    datastore.ensure_schema(COMPONENT, MIGRATIONS)
+    ids = sorted({item.request_id for item in items})
+    conn = datastore.connect()
+    rows_of = dict(
+        conn.execute(
+            "SELECT request_id, MAX(rows) FROM predictions WHERE shadow = 0 AND request_id IN "
+            "(SELECT value FROM json_each(?)) GROUP BY request_id",
+            (orjson.dumps(ids).decode(),),
+        ).fetchall()
+    )
+    accepted, invalid = [], []
+    for item in items:
+        rows = rows_of.get(item.request_id)
+        if rows is None:
+            continue
+        if item.row >= rows:
+            invalid.append({"request_id": item.request_id, "row": item.row, "rows": rows})
+            continue
+        accepted.append((item.request_id, item.row, orjson.dumps(item.truth).decode(), item.kind))
+    if accepted:
+        with datastore.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO feedback (request_id, row, truth, kind, at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(*values, now) for values in accepted],
+            )
+    unknown = [rid for rid in ids if rid not in rows_of]
+    return FeedbackResult(len(accepted), unknown, invalid)
+
+
+# -- reading a window (for the A/B report) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowRows:
+    """The raw material of an A/B report: plain tuples, read in a handful of queries."""
+
+    requests: list[tuple[int, int, float, int]]  # (version, status, latency_ms, rows)
+    outputs: list[tuple[int, Any, int]]  # (version, predicted value, how many rows)
+    labelled: list[tuple[int, Any, Any]]  # (version, predicted, truth)
+    shadows: list[tuple[int, str, str]]  # (shadow version, primary outputs, shadow outputs)
+
+
+_WHERE = "p.model = ? AND p.alias = ? AND p.at >= ? AND p.at <= ?"
+
+
+def read_window(
+    datastore: DataStore, model: str, alias: str, since: float, until: float
+) -> WindowRows:
+    """What the primary traffic (and shadows) of `model`/`alias` did between two times."""
+    if not datastore.exists():
+        return WindowRows([], [], [], [])
+    datastore.ensure_schema(COMPONENT, MIGRATIONS)
+    conn = datastore.connect()
+    args = (model, alias, since, until)
+    requests = conn.execute(
+        f"SELECT p.version, p.status, p.latency_ms, p.rows FROM predictions p"
+        f" WHERE {_WHERE} AND p.shadow = 0",
+        args,
+    ).fetchall()
+    outputs = conn.execute(
+        f"SELECT p.version, j.value, COUNT(*) FROM predictions p, json_each(p.outputs) j"
+        f" WHERE {_WHERE} AND p.shadow = 0 AND p.status = 200 GROUP BY p.version, j.value",
+        args,
+    ).fetchall()
+    labelled = conn.execute(
+        f"SELECT p.version, json_extract(p.outputs, '$[' || f.row || ']'),"
+        f" json_extract(f.truth, '$') FROM predictions p"
+        f" JOIN feedback f ON f.request_id = p.request_id AND f.row < p.rows"
+        f" WHERE {_WHERE} AND p.shadow = 0 AND p.status = 200",
+        args,
+    ).fetchall()
+    shadows = conn.execute(
+        f"SELECT p.version, q.outputs, p.outputs FROM predictions p"
+        f" JOIN predictions q ON q.request_id = p.request_id AND q.model = p.model"
+        f" AND q.shadow = 0 AND q.status = 200"
+        f" WHERE {_WHERE} AND p.shadow = 1 AND p.outputs IS NOT NULL",
+        args,
+    ).fetchall()
+    return WindowRows(requests, outputs, labelled, shadows)

@@ -1,0 +1,273 @@
+"""Prometheus metrics of one worker, merged across gunicorn workers at scrape time.
+
+prometheus_client picks its storage when it is first imported: with `PROMETHEUS_MULTIPROC_DIR`
+set (gunicorn.conf.py sets it in the master, before any worker exists) each worker writes its
+values into mmapped files of that directory, and a scrape of any worker merges the files of all
+of them, dead ones included; without it (tests, a single process) values live in this process.
+So prometheus_client is imported when a `PrometheusMetrics` is built, never at import time.
+
+  serving_requests_total{model,version,variant,status}      counter, every request
+  serving_request_duration_seconds{model,version,variant}   histogram, requests that named a model
+  serving_predictions_total{model,version,class}            counter, predicted rows per class
+  serving_model_swaps_total{model,result}                   counter, version loads (success|failure)
+  serving_in_flight_requests                                gauge (livesum), scrapes not included
+  serving_model_version{model,alias,pid}                    gauge (liveall), per worker
+  serving_feature_drift_psi{model,version,feature}          gauge (mostrecent), set by `set_drift`
+  serving_process_cpu_seconds_total{pid}                    counter, per worker
+  serving_process_resident_memory_bytes{pid}                gauge (liveall), per worker
+
+prometheus_client's ProcessCollector cannot work in multiprocess mode (it reports the process
+that answers the scrape), so each worker samples its own CPU time and resident memory into
+`liveall` gauges, every `sample_interval` seconds and when it answers a scrape; a scrape shows
+them as counters and gauges labelled by pid, and a dead worker's series go (gunicorn's
+`child_exit` hook). CPU time is cumulative, so it is stored in a gauge and exposed as a counter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from serving.errors import ConfigError
+from serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Predictions take 0.2-20 ms; the top buckets catch big batches and stalls.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SAMPLE_INTERVAL = 5.0
+_CPU = "serving_process_cpu_seconds"
+_REQUEST_LABELS = ("model", "version", "variant", "status")
+
+
+class PrometheusMetrics(Metrics):
+    """The metrics of this worker; `render()` answers a scrape for every worker."""
+
+    def __init__(self, sample_interval: float = SAMPLE_INTERVAL) -> None:
+        import prometheus_client as prom
+        from prometheus_client import values
+
+        self._generate = prom.generate_latest
+        self.multiprocess = bool(getattr(values.ValueClass, "_multiprocess", False))
+        own = prom.CollectorRegistry(auto_describe=True)
+        # Multiprocess mode: the files are the registry; the collector reads all of them.
+        source = _multiprocess_collector() if self.multiprocess else own
+        self._exposition = _Exposition(source)
+        registry = None if self.multiprocess else own
+        # liveall gauges get a `pid` label from the multiprocess collector; add it ourselves
+        # otherwise, so the output has the same labels in both modes.
+        pid: tuple[str, ...] = () if self.multiprocess else ("pid",)
+        self._requests = prom.Counter(
+            "serving_requests", "HTTP requests answered.", _REQUEST_LABELS, registry=registry
+        )
+        self._duration = prom.Histogram(
+            "serving_request_duration_seconds",
+            "Time from the request to its response, for requests that named a model.",
+            _REQUEST_LABELS[:3],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self._predictions = prom.Counter(
+            "serving_predictions",
+            "Rows predicted per class (classifiers).",
+            ("model", "version", "class"),
+            registry=registry,
+        )
+        self._swaps = prom.Counter(
+            "serving_model_swaps",
+            "Attempts to load a model version, by result (success or failure).",
+            ("model", "result"),
+            registry=registry,
+        )
+        self._in_flight = prom.Gauge(
+            "serving_in_flight_requests",
+            "Requests being handled now, summed over the workers (scrapes not included).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._version = prom.Gauge(
+            "serving_model_version",
+            "The version each worker serves for an alias.",
+            ("model", "alias", *pid),
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        self._drift = prom.Gauge(
+            "serving_feature_drift_psi",
+            "Population stability index of a feature's live inputs against the reference.",
+            ("model", "version", "feature"),
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self._cpu = prom.Gauge(
+            _CPU,
+            "CPU time (user + system) of each worker process, in seconds.",
+            pid,
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        self._rss = prom.Gauge(
+            "serving_process_resident_memory_bytes",
+            "Resident memory of each worker process, in bytes.",
+            pid,
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        self._by_request: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self._by_class: dict[tuple[Any, ...], Any] = {}
+        self._versions: dict[tuple[str, str], int] = {}
+        self._interval = sample_interval
+        self._thread: threading.Thread | None = None
+        self._thread_pid = -1
+        self._stop = threading.Event()
+
+    # -- the hot path: cached children, no label lookups after the first request of a kind --
+
+    def request(
+        self,
+        status: int,
+        duration_ms: float,
+        model: str | None = None,
+        version: int | None = None,
+        class_counts: Iterable[tuple[object, int]] = (),
+        variant: str | None = None,
+    ) -> None:
+        try:
+            key = (model, version, variant, status)
+            children = self._by_request.get(key)
+            if children is None:
+                children = self._by_request[key] = self._request_children(key)
+            children[0].inc()
+            if children[1] is not None:
+                children[1].observe(duration_ms / 1000.0)
+            for label, count in class_counts:
+                class_key = (model, version, label)
+                child = self._by_class.get(class_key)
+                if child is None:
+                    child = self._predictions.labels(*map(_text, class_key))
+                    self._by_class[class_key] = child
+                child.inc(count)
+        except (OSError, ValueError):  # a full /dev/shm must not fail the request
+            log.warning("prometheus: cannot record a request", exc_info=True)
+
+    def _request_children(self, key: tuple[Any, ...]) -> tuple[Any, Any]:
+        labels = [_text(part) for part in key]
+        histogram = self._duration.labels(*labels[:3]) if key[0] is not None else None
+        return self._requests.labels(*labels), histogram
+
+    def request_started(self) -> None:
+        self._in_flight.inc()
+
+    def request_finished(self) -> None:
+        self._in_flight.dec()
+
+    # -- everything else -----------------------------------------------------------------------
+
+    def swap(self, model: str, ok: bool) -> None:
+        self._swaps.labels(model, "success" if ok else "failure").inc()
+
+    def serving_version(self, model: str, alias: str, version: int) -> None:
+        self._versions[(model, alias)] = version
+        self._live(self._version, model, alias).set(version)
+
+    def set_drift(self, model: str, version: int, feature: str, psi: float) -> None:
+        """The PSI of one feature of a version, as last computed (by any worker)."""
+        self._drift.labels(model, _text(version), feature).set(psi)
+
+    def sample(self) -> None:
+        """Write this worker's CPU time and memory; re-write the versions it serves (a worker
+        forked from a preloaded master starts with empty files)."""
+        self._live(self._cpu).set(time.process_time())
+        rss = _resident_bytes()
+        if rss is not None:
+            self._live(self._rss).set(rss)
+        for (model, alias), version in list(self._versions.items()):
+            self._live(self._version, model, alias).set(version)
+
+    def render(self) -> bytes:
+        """The text exposition of every worker (this one sampled just now)."""
+        self.sample()
+        return bytes(self._generate(self._exposition))  # type: ignore[arg-type]
+
+    def _live(self, gauge: Any, *labels: str) -> Any:
+        if not self.multiprocess:
+            labels = (*labels, str(os.getpid()))
+        return gauge.labels(*labels) if labels else gauge
+
+    # -- the sampling thread, started in each worker ---------------------------------------------
+
+    def ensure_sampling(self) -> None:
+        """Sample now and every interval from a thread of this process (fork-safe)."""
+        alive = self._thread is not None and self._thread.is_alive()
+        if self._thread_pid == os.getpid() and alive:
+            return
+        self._thread_pid = os.getpid()
+        self._stop = threading.Event()
+        self.sample()
+        self._thread = threading.Thread(
+            target=self._sample_forever, name="prometheus-sampler", daemon=True
+        )
+        self._thread.start()
+
+    def _sample_forever(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.sample()
+            except Exception:  # the sampler must outlive any one bad sample
+                log.exception("prometheus sample failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+
+class _Exposition:
+    """What a scrape shows: the CPU gauge as a counter, without `_created` series (multiprocess
+    mode has none, so neither mode shows them)."""
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.metrics_core import Metric
+
+        for family in self._source.collect():
+            kind = "counter" if family.name == _CPU else family.type
+            out = Metric(family.name, family.documentation, kind, family.unit)
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                name = f"{_CPU}_total" if family.name == _CPU else sample.name
+                out.add_sample(name, sample.labels, sample.value, sample.timestamp)
+            yield out
+
+
+def _multiprocess_collector() -> Any:
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    try:
+        return MultiProcessCollector(None)
+    except ValueError:
+        raise ConfigError(
+            f"PROMETHEUS_MULTIPROC_DIR={os.environ.get('PROMETHEUS_MULTIPROC_DIR')!r} "
+            "must be an existing directory"
+        ) from None
+
+
+def _resident_bytes() -> int | None:
+    """Resident set size of this process from /proc/self/statm (Linux); None elsewhere."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
