@@ -32,19 +32,24 @@ test: dev
 
 # `lint` fixes what it can; `check` only reads (CI-safe).
 lint: dev
-	$(VENV)/bin/ruff format serving tests gunicorn.conf.py
-	$(VENV)/bin/ruff check --fix serving tests gunicorn.conf.py
+	$(VENV)/bin/ruff format serving tests bench gunicorn.conf.py
+	$(VENV)/bin/ruff check --fix serving tests bench gunicorn.conf.py
 
 check: dev
-	$(VENV)/bin/ruff format --check serving tests gunicorn.conf.py
-	$(VENV)/bin/ruff check serving tests gunicorn.conf.py
+	$(VENV)/bin/ruff format --check serving tests bench gunicorn.conf.py
+	$(VENV)/bin/ruff check serving tests bench gunicorn.conf.py
 
 # Benchmark on loopback (bench/run.py), 4-5 minutes: BENCH_QUICK=1 for under 90 s,
 # BENCH_WORKERS=N (default 2), BENCH_DURATION=s per cell. Installs wrk (Debian) if missing.
-.PHONY: bench
+.PHONY: bench bench-batch
 bench: venv
 	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(PY) -m bench.run
+	$(MAKE) bench-batch
+
+# Batch scoring throughput and peak RSS next to the in-process floor (1,000,000 rows x 20).
+bench-batch: venv
+	$(PY) bench/batch_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
