@@ -35,7 +35,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "filters": {"request_context": {"()": "serving.logs.RequestContextFilter"}},
         "formatters": {
             "json": {
-                "()": "pythonjsonlogger.json.JsonFormatter",
+                "()": "pythonjsonlogger.orjson.OrjsonFormatter",  # half the cost of stdlib json
                 "fmt": _FORMAT,
                 "rename_fields": {"levelname": "level", "name": "logger"},
                 "timestamp": True,  # ISO 8601 UTC, as "timestamp"
