@@ -9,9 +9,11 @@ from flask import Flask
 from threadpoolctl import threadpool_limits
 
 from serving.api import admin, errors, feedback, health, hooks, mlflow, openapi, prometheus, v1, v2
+from serving.api import monitoring as monitoring_api
 from serving.loader import ModelLoader
 from serving.logs import init_logging
 from serving.metrics import MetricsGroup, make_metrics
+from serving.monitoring import init_monitor
 from serving.predlog import make_recorder
 from serving.settings import Settings
 from serving.state import EXTENSION, ServingState
@@ -33,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(mlflow.bp)
     app.register_blueprint(feedback.bp)
+    app.register_blueprint(monitoring_api.bp)
     if settings.admin_token:  # no token, no admin API: every /v1/admin path is a 404
         app.register_blueprint(admin.bp)
     return app
@@ -66,4 +69,5 @@ def init_state(app: Flask, settings: Settings) -> ServingState:
         loader.ensure_polling()
     state = ServingState(settings, store, loader, metrics, recorder=make_recorder(settings))
     app.extensions[EXTENSION] = state
+    init_monitor(app, settings)
     return state

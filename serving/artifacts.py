@@ -100,6 +100,10 @@ def load_version(version_dir: Path, metadata: dict[str, Any], allow_mismatch: bo
             f"sha256 mismatch: metadata says {str(metadata.get('sha256'))[:12]}..., "
             f"file is {actual[:12]}... (artifact changed or corrupt)"
         )
+    if metadata.get("format") == "onnx":  # no pickle, no scikit-learn version to match
+        from serving.compile import load_onnx
+
+        return load_onnx(path, metadata)
     trained = metadata.get("sklearn_version")
     if trained != sklearn.__version__ and not allow_mismatch:
         raise ModelLoadError(

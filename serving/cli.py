@@ -91,6 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("SERVING_DATA_DIR") or "data"),
         help="the prediction log's directory (default: $SERVING_DATA_DIR or ./data)",
     )
+    opt = verbs.add_parser("optimize", help="compile a version (ONNX) into a new version")
+    opt.add_argument("name")
+    opt.add_argument("version", type=int)
+    opt.add_argument("--onnx", action="store_true", help="convert with skl2onnx, serve with ORT")
+    opt.add_argument("--quantize", action="store_true", help="not implemented yet")
+    mon = verbs.add_parser("monitor", help="drift of a version's live inputs and outputs")
+    mon.add_argument("name")
+    mon.add_argument("--version", type=int, help="default: the version production serves")
+    mon.add_argument("--window", default="1h", help="how far back: 30m, 1h, 24h (default 1h)")
+    mon.add_argument("--json", action="store_true", help="print JSON")
+    mon.add_argument("--html", type=Path, help="also write a self-contained HTML report here")
+    mon.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("SERVING_DATA_DIR") or "data"),
+        help="the embedded store's directory (default: $SERVING_DATA_DIR or ./data)",
+    )
     return parser
 
 
@@ -110,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
             from serving.abtest import run_cli  # scipy: only for this verb
 
             return run_cli(store, args)
+        if args.verb == "optimize":
+            from serving.compile import run_cli as run_optimize  # skl2onnx, onnxruntime
+
+            return run_optimize(store, args)
+        if args.verb == "monitor":
+            from serving.monitoring import run_cli as run_monitor
+
+            return run_monitor(store, args)
         return _models(store, args)
     except (ServingError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

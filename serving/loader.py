@@ -334,7 +334,7 @@ class ModelLoader:
             folder = self._store.version_dir(name, version)
         except ServingError:
             return (-1,)
-        for filename in ("metadata.json", artifacts.ARTIFACT_NAME):
+        for filename in ("metadata.json", artifacts.ARTIFACT_NAME, "model.onnx"):
             try:
                 st = os.stat(folder / filename)
                 out += [st.st_ino, st.st_mtime_ns, st.st_size]

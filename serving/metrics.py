@@ -103,6 +103,12 @@ class StatsdMetrics(Metrics):
         if client is not None:
             client.gauge(f"model.{metric_part(model)}.{metric_part(alias)}.version", version)
 
+    def set_drift(self, model: str, version: int, feature: str, psi: float) -> None:
+        client = self._get()
+        if client is not None:
+            name = ".".join(metric_part(p) for p in (model, version, feature))
+            client.gauge(f"drift.{name}", psi)
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

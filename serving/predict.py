@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,8 @@ class PredictionResult:
     probabilities: Any | None
     classes: list[Any] | None
     rows: int
+    # The validated model input (array or DataFrame), for the drift monitor; not in the body.
+    features: Any = field(default=None, repr=False, compare=False)
 
     def class_counts(self) -> list[tuple[Any, int]]:
         """(class, rows) pairs for the StatsD prediction counters of a classifier."""
@@ -94,6 +96,7 @@ def _run(loaded: LoadedModel, features: Any, rows: int, return_proba: bool) -> P
         probabilities=probabilities,
         classes=loaded.classes,
         rows=rows,
+        features=features,
     )
 
 

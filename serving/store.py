@@ -189,6 +189,34 @@ class ModelStore:
                 self._set_alias(name, DEFAULT_ALIAS, version, "promote", actor)
         return version
 
+    def register_prepared(
+        self,
+        name: str,
+        artifact: Path,
+        metadata: dict[str, Any],
+        target: str,
+        activate: bool = False,
+        actor: str | None = None,
+    ) -> int:
+        """Publish an artifact whose metadata the caller built (a compiled model) as a version."""
+        validate_name(name)
+        with self._locked(name) as model_dir:
+            existing = [int(e.name) for e in os.scandir(model_dir) if e.name.isdigit()]
+            version = max(existing, default=0) + 1
+            metadata = {
+                **metadata,
+                "name": name,
+                "version": version,
+                "artifact": target,
+                "created_at": _now(),
+                "created_by": actor or default_actor(),
+            }
+            self._publish_version(model_dir, version, Path(artifact), metadata, target)
+            self._append_history(name, "register", actor, version=version)
+            if activate:
+                self._set_alias(name, DEFAULT_ALIAS, version, "promote", actor)
+        return version
+
     def _publish_version(
         self, model_dir: Path, version: int, artifact: Path, metadata: dict[str, Any], target: str
     ) -> None:

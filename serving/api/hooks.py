@@ -9,6 +9,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
+from serving.monitoring import observe
 from serving.recorder import PredictionRecord
 from serving.state import get_state
 
@@ -62,6 +63,8 @@ def _finish(response: Response) -> Response:
                 g.get("outputs") if ok else None,
             )
         )
+        if ok:
+            observe(model, version)
     log.info(
         "request",
         extra={

@@ -86,3 +86,4 @@ def record_prediction(result: Any) -> None:
     g.rows = result.rows
     g.class_counts = result.class_counts()
     g.outputs = result.predictions
+    g.features, g.probabilities = result.features, result.probabilities  # drift monitor

@@ -1,0 +1,510 @@
+"""Live drift counts: accumulated per worker off the request path, summed in the shared store.
+
+The request path (`observe`, from the after-request hook) only appends a reference to the
+request's validated model input, predictions and probabilities to a bounded per-worker queue
+(about a microsecond). A daemon thread per worker, started by the first observation (so a
+forked gunicorn worker starts its own), wakes every `SERVING_MONITOR_FLUSH` seconds, bins the
+queued requests against each version's reference bins (one vectorised `np.searchsorted` per
+feature per request) and adds the counts to the `monitor_counts` table of the embedded store
+in one UPSERT transaction: one row per (model, version, minute, feature, bin). A query over a
+window sums the minutes (to the minute) of every worker, past and present.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from flask import Flask, current_app, g
+
+from serving import drift
+from serving.datastore import DataStore
+from serving.drift import CONFIDENCE, OTHER, PREDICTION, ROWS
+from serving.errors import ModelNotFound
+from serving.schema import NUMERIC, InputSchema
+from serving.settings import Settings
+from serving.store import DEFAULT_ALIAS, ModelStore
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "serving.monitor"
+COMPONENT = "monitor"
+MIGRATIONS = [
+    [
+        "CREATE TABLE monitor_counts (model TEXT NOT NULL, version INTEGER NOT NULL,"
+        " bucket INTEGER NOT NULL, feature TEXT NOT NULL, bin TEXT NOT NULL, n REAL NOT NULL,"
+        " PRIMARY KEY (model, version, bucket, feature, bin)) WITHOUT ROWID",
+        "CREATE INDEX monitor_by_time ON monitor_counts (bucket)",
+    ],
+]
+BUCKET_SECONDS = 60
+MAX_PENDING_ROWS = 200_000  # rows queued per worker between flushes; beyond: dropped, counted
+PRUNE_INTERVAL = 3600.0
+_UPSERT = (
+    "INSERT INTO monitor_counts (model, version, bucket, feature, bin, n) VALUES (?,?,?,?,?,?)"
+    " ON CONFLICT (model, version, bucket, feature, bin) DO UPDATE SET n = n + excluded.n"
+)
+Key = tuple[str, int, int, str, str]
+
+
+def init_monitor(app: Flask, settings: Settings) -> Monitor | None:
+    """Hang this app's monitor off `app.extensions` (None when SERVING_MONITOR_FLUSH is 0)."""
+    if settings.monitor_flush <= 0:
+        return None
+    monitor = Monitor(
+        DataStore(settings.data_dir),
+        ModelStore(settings.model_store),
+        settings.monitor_flush,
+        settings.log_retention_days,
+    )
+    app.extensions[EXTENSION] = monitor
+    return monitor
+
+
+def get_monitor(app: Flask | None = None) -> Monitor | None:
+    return (app or current_app).extensions.get(EXTENSION)  # type: ignore[no-any-return]
+
+
+def observe(model: str, version: int) -> None:
+    """After a successful prediction: queue what the front door left on `g` (hot path)."""
+    monitor = current_app.extensions.get(EXTENSION)
+    if monitor is not None:
+        monitor.record(model, version, g.get("features"), g.get("outputs"), g.get("probabilities"))
+
+
+class _Profile:
+    """How to bin one version's inputs and outputs: its schema and reference bins."""
+
+    def __init__(self, metadata: dict[str, Any]) -> None:
+        schema = InputSchema.from_metadata(metadata)
+        reference = metadata.get("reference_stats") or {}
+        ref_features = reference.get("features") or {}
+        self.features: list[tuple[int, str, str, Any]] = []
+        for j, (label, kind) in enumerate(zip(schema.labels, schema.kinds)):
+            ref = ref_features.get(label)
+            if not ref:
+                continue
+            if kind == NUMERIC and ref.get("kind") == "numeric":
+                edges = np.asarray(ref.get("edges") or [], dtype=np.float64)
+                low, high = ref.get("min", -np.inf), ref.get("max", np.inf)
+                self.features.append((j, label, NUMERIC, (edges, low, high)))
+            elif ref.get("kind") == "categorical":
+                self.features.append((j, label, "categorical", set(ref.get("frequencies", {}))))
+        self.classifier = metadata.get("task") == "classifier"
+        prediction = reference.get("prediction") or {}
+        self.prediction_edges = (
+            np.asarray(prediction["edges"], dtype=np.float64)
+            if prediction.get("kind") == "numeric" and "edges" in prediction
+            else None
+        )
+        confidence = reference.get("confidence") or {}
+        self.confidence_edges = np.asarray(
+            confidence.get("edges") or drift_confidence_edges(), dtype=np.float64
+        )
+
+
+def drift_confidence_edges() -> list[float]:
+    from serving.reference import CONFIDENCE_EDGES
+
+    return list(CONFIDENCE_EDGES)
+
+
+class Monitor:
+    """One app's live counts: a queue per worker, a flusher thread, the shared store."""
+
+    def __init__(
+        self,
+        datastore: DataStore,
+        store: ModelStore,
+        flush_interval: float = 5.0,
+        retention_days: float = 7.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.datastore = datastore
+        self.store = store
+        self.flush_interval = flush_interval
+        self._retention_s = retention_days * 86400.0
+        self._clock = clock
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._pending_rows = 0
+        self._counts: dict[Key, float] = defaultdict(float)
+        self._profiles: dict[tuple[str, int], _Profile | None] = {}
+        self._pid = -1
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._start_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._closed = False
+        self.dropped = 0  # rows not counted: queue full
+        self.failed = 0  # flushes that failed (their counts are retried)
+
+    # -- the request path ------------------------------------------------------------------
+
+    def record(
+        self, model: str, version: int, features: Any, predictions: Any, probabilities: Any
+    ) -> None:
+        if self._pid != os.getpid() and not self._start():
+            return
+        rows = len(predictions) if predictions is not None else 0
+        if self._pending_rows + rows > MAX_PENDING_ROWS:
+            self.dropped += rows
+            return
+        self._pending_rows += rows
+        self._queue.append((model, version, self._clock(), features, predictions, probabilities))
+
+    # -- the flusher -----------------------------------------------------------------------
+
+    def _start(self) -> bool:
+        with self._start_lock:
+            if self._closed:
+                return False
+            if self._pid == os.getpid():
+                return True
+            # A forked child inherits its parent's queue and counts: they are the parent's.
+            self._queue, self._pending_rows = deque(), 0
+            self._counts = defaultdict(float)
+            self._flush_lock = threading.Lock()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
+            self._thread.start()
+            self._pid = os.getpid()
+            atexit.register(self._exit_flush, self._pid)  # a worker stopping cleanly
+            return True
+
+    def _exit_flush(self, pid: int) -> None:
+        if pid == os.getpid() and not self._closed:
+            with contextlib.suppress(Exception):
+                self.flush()
+
+    def _run(self) -> None:
+        next_prune = self._clock()
+        while not self._stop.wait(self.flush_interval):
+            self.flush()
+            if self._clock() >= next_prune:
+                self.prune()
+                next_prune = self._clock() + PRUNE_INTERVAL
+
+    def accumulate(self) -> int:
+        """Bin every queued request into the in-memory counts; the number of requests."""
+        done = 0
+        while self._queue:
+            model, version, at, features, predictions, probabilities = self._queue.popleft()
+            self._pending_rows -= len(predictions) if predictions is not None else 0
+            try:
+                self._add(model, version, at, features, predictions, probabilities)
+            except Exception:  # an odd input must not kill the monitor: count it and go on
+                log.exception("drift monitor: cannot bin a prediction of %s v%s", model, version)
+            done += 1
+        return done
+
+    def flush(self) -> int:
+        """Bin the queue and add the counts to the store in one transaction; rows written."""
+        with self._flush_lock:
+            self.accumulate()
+            if not self._counts:
+                return 0
+            counts, self._counts = self._counts, defaultdict(float)
+            rows = [(*key, n) for key, n in counts.items()]
+            try:
+                self.datastore.ensure_schema(COMPONENT, MIGRATIONS)
+                with self.datastore.transaction() as conn:
+                    conn.executemany(_UPSERT, rows)
+            except Exception:  # a locked or full store: keep the counts for the next flush
+                if not self.failed:
+                    log.exception("drift monitor: cannot write counts to %s", self.datastore.path)
+                self.failed += 1
+                for key, n in counts.items():
+                    self._counts[key] += n
+                return 0
+            return len(rows)
+
+    def prune(self) -> None:
+        try:
+            if not self.datastore.exists():
+                return
+            self.datastore.ensure_schema(COMPONENT, MIGRATIONS)
+            with self.datastore.transaction() as conn:
+                conn.execute(
+                    "DELETE FROM monitor_counts WHERE bucket < ?",
+                    (self._clock() - self._retention_s,),
+                )
+        except Exception:
+            log.exception("drift monitor: pruning failed")
+
+    def close(self) -> None:
+        """Stop the flusher after a last flush (tests, a clean worker exit)."""
+        with self._start_lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+        if thread is not None and self._pid == os.getpid():
+            self._stop.set()
+            thread.join(timeout=10)
+            self.flush()
+        self.datastore.close()
+
+    # -- binning ---------------------------------------------------------------------------
+
+    def _profile(self, model: str, version: int) -> _Profile | None:
+        key = (model, version)
+        if key not in self._profiles:
+            try:
+                self._profiles[key] = _Profile(self.store.read_metadata(model, version))
+            except Exception:
+                log.warning("drift monitor: no metadata for %s v%s", model, version)
+                self._profiles[key] = None
+        return self._profiles[key]
+
+    def _add(
+        self,
+        model: str,
+        version: int,
+        at: float,
+        features: Any,
+        predictions: Any,
+        probabilities: Any,
+    ) -> None:
+        profile = self._profile(model, version)
+        if profile is None or predictions is None:
+            return
+        counts = self._counts
+        bucket = int(at // BUCKET_SECONDS) * BUCKET_SECONDS
+        base = (model, version, bucket)
+        rows = len(predictions)
+        counts[(*base, ROWS, "n")] += rows
+        if features is not None:
+            for j, label, kind, spec in profile.features:
+                column = _column(features, j)
+                if kind == NUMERIC:
+                    _add_numeric(counts, (*base, label), column, *spec)
+                else:
+                    _add_categorical(counts, (*base, label), column, spec)
+        preds = np.asarray(predictions)
+        if profile.classifier:
+            labels, n = np.unique(preds.astype(str), return_counts=True)
+            for label, c in zip(labels.tolist(), n.tolist()):
+                counts[(*base, PREDICTION, label)] += c
+        elif profile.prediction_edges is not None and preds.ndim == 1 and preds.dtype.kind in "fiu":
+            _add_numeric(counts, (*base, PREDICTION), preds, profile.prediction_edges, None, None)
+        if probabilities is not None:
+            confidence = np.max(np.asarray(probabilities, dtype=np.float64), axis=1)
+            _add_numeric(
+                counts, (*base, CONFIDENCE), confidence, profile.confidence_edges, None, None
+            )
+
+
+def _column(features: Any, j: int) -> Any:
+    if isinstance(features, pd.DataFrame):
+        return features.iloc[:, j].to_numpy()
+    return np.asarray(features)[:, j]
+
+
+def _add_numeric(
+    counts: dict[Key, float],
+    prefix: tuple[str, int, int, str],
+    column: Any,
+    edges: np.ndarray,
+    low: float | None,
+    high: float | None,
+) -> None:
+    values = np.asarray(column, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        counts[(*prefix, "missing")] += float(len(values) - finite.sum())
+        values = values[finite]
+    if not len(values):
+        return
+    index = np.searchsorted(edges, values, side="right")
+    binned = np.bincount(index, minlength=len(edges) + 1)
+    for i in np.flatnonzero(binned).tolist():
+        counts[(*prefix, f"b{i}")] += float(binned[i])
+    counts[(*prefix, "sum")] += float(values.sum())
+    if low is not None and high is not None:
+        below, above = int((values < low).sum()), int((values > high).sum())
+        if below:
+            counts[(*prefix, "below")] += below
+        if above:
+            counts[(*prefix, "above")] += above
+
+
+def _add_categorical(
+    counts: dict[Key, float], prefix: tuple[str, int, int, str], column: Any, known: set[str]
+) -> None:
+    values = pd.Series(column, dtype=object)
+    present = values.dropna().astype(str)
+    missing = len(values) - len(present)
+    if missing:
+        counts[(*prefix, "missing")] += missing
+    for label, c in present.value_counts().items():
+        counts[(*prefix, label if label in known else OTHER)] += int(c)
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+
+def live_counts(
+    datastore: DataStore, model: str, version: int, since: float
+) -> dict[str, dict[str, float]]:
+    """feature -> bin -> count, summed over every worker from the minute of `since` on."""
+    if not datastore.exists():
+        return {}
+    datastore.ensure_schema(COMPONENT, MIGRATIONS)
+    with datastore.errors():
+        rows = (
+            datastore.connect()
+            .execute(
+                "SELECT feature, bin, SUM(n) FROM monitor_counts WHERE model = ? AND version = ?"
+                " AND bucket >= ? GROUP BY feature, bin",
+                (model, version, int(since // BUCKET_SECONDS) * BUCKET_SECONDS),
+            )
+            .fetchall()
+        )
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for feature, bin_, n in rows:
+        out[feature][bin_] = float(n)
+    return dict(out)
+
+
+def default_version(store: ModelStore, name: str) -> int:
+    """The version the production alias serves, else the newest."""
+    if not store.exists(name):
+        raise ModelNotFound(f"model {name!r} is not in the store", {"model": name})
+    aliases = store.read_deployment(name).get("aliases") or {}
+    if DEFAULT_ALIAS in aliases:
+        return int(aliases[DEFAULT_ALIAS])
+    versions = store.versions(name)
+    if not versions:
+        raise ModelNotFound(f"model {name!r} has no versions", {"model": name})
+    return int(max(versions))
+
+
+def build_report(
+    datastore: DataStore,
+    store: ModelStore,
+    name: str,
+    version: int | None,
+    seconds: float,
+    now: float,
+    window: str,
+    warn: float,
+    alert: float,
+) -> dict[str, Any]:
+    """The monitoring report of one version over the last `seconds`."""
+    if version is None:
+        version = default_version(store, name)
+    metadata = store.read_metadata(name, version)
+    counts = live_counts(datastore, name, version, now - seconds)
+    labels = InputSchema.from_metadata(metadata).labels
+    body: dict[str, Any] = {
+        "model": name,
+        "version": version,
+        "window": window,
+        "since": _iso(now - seconds),
+        "until": _iso(now),
+        "rows": int(counts.get(ROWS, {}).get("n", 0)),
+        "thresholds": {"warn": warn, "alert": alert},
+        "predictions": {k: int(v) for k, v in counts.get(PREDICTION, {}).items()}
+        if metadata.get("task") == "classifier"
+        else None,
+    }
+    body.update(drift.drift_report(metadata.get("reference_stats"), counts, warn, alert, labels))
+    return body
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def run_cli(store: ModelStore, args: Any) -> int:
+    """`python -m serving monitor NAME [--version V] [--window 1h] [--json] [--data-dir DIR]`."""
+    import json
+
+    from serving.datastore import parse_window
+
+    settings = Settings.from_env()  # the drift thresholds
+    seconds = parse_window(args.window)
+    datastore = DataStore(args.data_dir)
+    try:
+        body = build_report(
+            datastore,
+            store,
+            args.name,
+            args.version,
+            seconds,
+            time.time(),
+            args.window,
+            settings.drift_warn,
+            settings.drift_alert,
+        )
+    finally:
+        datastore.close()
+    print(json.dumps(body, indent=2) if args.json else format_report(body))
+    if getattr(args, "html", None):
+        from serving.monitor_html import render_html
+
+        args.html.write_text(render_html(body), encoding="utf-8")
+    return 0
+
+
+def format_report(body: dict[str, Any]) -> str:
+    """The report as a readable table."""
+
+    def num(value: Any, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    def pct(value: Any) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    lines = [
+        f"{body['model']} v{body['version']}, last {body['window']} "
+        f"({body['since']} .. {body['until']}): {body['rows']} rows, status {body['status']}"
+    ]
+    if not body["reference"]:
+        lines.append(body["note"])
+    else:
+        table = [("feature", "kind", "rows", "PSI", "p", "status", "outside", "missing", "mean")]
+        for f in body["features"]:
+            mean = f.get("mean")
+            shift = f.get("mean_shift_std")
+            shown = (
+                "-"
+                if mean is None
+                else f"{mean:.4g}" + (f" ({shift:+.2f} sd)" if shift is not None else "")
+            )
+            table.append(
+                (
+                    f["name"],
+                    f["kind"],
+                    str(int(f["rows"])),
+                    num(f["psi"]),
+                    "-" if f["p_value"] is None else f"{f['p_value']:.2g}",
+                    f["status"],
+                    pct(f.get("outside_range")),
+                    pct(f["missing_rate"]),
+                    shown,
+                )
+            )
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+        out = body["output"]
+        if out:
+            lines.append(f"output drift ({out['kind']}): PSI {num(out['psi'])}, {out['status']}")
+        conf = body["confidence"]
+        if conf and conf["rows"]:
+            lines.append(
+                f"confidence: mean {num(conf['mean'])} vs reference "
+                f"{num(conf['reference_mean'])} (shift {num(conf['shift'])})"
+            )
+    if body.get("predictions"):
+        lines.append(
+            "predictions: " + ", ".join(f"{k}={v}" for k, v in sorted(body["predictions"].items()))
+        )
+    return "\n".join(lines)
