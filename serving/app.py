@@ -63,6 +63,7 @@ def init_state(app: Flask, settings: Settings) -> ServingState:
         allow_version_mismatch=settings.allow_version_mismatch,
         pinned_cache_size=settings.pinned_cache_size,
         array_input=settings.array_input,
+        kernels=settings.fast_kernels,
     )
     loader.refresh()  # a (re)started worker serves the current versions from its first request
     if settings.start_poller:

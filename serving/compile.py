@@ -41,6 +41,8 @@ class OnnxModel:
     one thread, and returns numpy arrays: labels as the original classes, float64 probabilities.
     """
 
+    runtime_name = "onnxruntime"
+
     def __init__(self, model_bytes: bytes, task: str, classes: list[Any] | None) -> None:
         import onnxruntime as ort
 

@@ -41,6 +41,17 @@ class LoadedModel:
     metadata: dict[str, Any]
     schema: InputSchema
     loaded_at: float
+    # What the hot path calls predict/predict_proba on: the model itself, or a verified
+    # numpy kernel that answers the same (serving.kernels).
+    runner: Any = None
+
+    def __post_init__(self) -> None:
+        if self.runner is None:
+            object.__setattr__(self, "runner", self.model)
+
+    @property
+    def runtime(self) -> str:
+        return str(getattr(self.runner, "runtime_name", "sklearn"))
 
     @property
     def task(self) -> str:
@@ -93,6 +104,7 @@ class ModelLoader:
         pinned_cache_size: int = 2,
         clock: Callable[[], float] = time.monotonic,
         array_input: bool = True,
+        kernels: bool = True,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -101,6 +113,7 @@ class ModelLoader:
         self._pinned_size = pinned_cache_size
         self._clock = clock
         self._array_input = array_input
+        self._kernels = kernels
         self._states: dict[str, ModelState] = {}
         self._failures: dict[tuple[str, int], tuple[tuple[int, ...], str]] = {}
         self._pinned: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
@@ -359,7 +372,10 @@ class ModelLoader:
                 ) from None
             if self._array_input and schema.frame and schema.numeric_only:
                 schema = _array_schema_if_equivalent(model, schema, sample, expected)
-        return LoadedModel(name, version, model, metadata, schema, self._clock())
+        runner = None
+        if self._kernels and sample and not schema.frame and schema.numeric_only:
+            runner = _verified_kernel(model, metadata, schema, sample, f"{name} v{version}")
+        return LoadedModel(name, version, model, metadata, schema, self._clock(), runner)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -420,6 +436,32 @@ def _array_schema_if_equivalent(
         else (np.allclose(got, expected, rtol=1e-12, atol=0.0, equal_nan=True))
     )
     return fast if same else schema
+
+
+def _verified_kernel(
+    model: Any, metadata: dict[str, Any], schema: InputSchema, sample: list[Any], label: str
+) -> Any:
+    """A numpy kernel for a linear model, used only if it answers check rows as the model does."""
+    from serving import kernels
+
+    try:
+        kernel = kernels.compile_linear(model)
+        if kernel is None:
+            return None
+        rows = kernels.check_rows(
+            schema.convert(sample), metadata.get("reference_stats"), schema.names
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            problem = kernels.verify(kernel, model, rows, bool(metadata.get("predict_proba")))
+    except Exception as exc:  # a kernel is an optimisation: never a reason not to serve
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        log.warning(
+            "%s: the numpy kernel is not used (%s)", label, problem, extra={"event": "kernel"}
+        )
+        return None
+    return kernel
 
 
 def _earlier_versions(history: list[dict[str, Any]], alias: str, current: int) -> list[int]:

@@ -36,6 +36,9 @@ class Settings:
     # Feed numeric models fitted on DataFrames a bare float64 array when a check at load time
     # shows identical answers on the sample input (about 3x less scikit-learn overhead per call).
     array_input: bool = True
+    # Answer linear pipelines (StandardScaler + LogisticRegression, Ridge...) with a numpy
+    # kernel when it gives the model's answers on check rows at load time (serving.kernels).
+    fast_kernels: bool = True
     # The prediction log (feedback, A/B reports): SQLite under this directory, shared by the
     # workers. `log_sample` is the share of requests logged (0 turns the log off); rows older
     # than `log_retention_days` or beyond the newest `log_max_rows` are pruned. Inputs are kept
@@ -71,6 +74,7 @@ class Settings:
             allow_version_mismatch=reader.flag("SERVING_ALLOW_VERSION_MISMATCH", False),
             pinned_cache_size=reader.integer("SERVING_PINNED_CACHE_SIZE", 2, low=0, high=64),
             array_input=reader.flag("SERVING_ARRAY_INPUT", True),
+            fast_kernels=reader.flag("SERVING_FAST_KERNELS", True),
             default_model=reader.text("SERVING_DEFAULT_MODEL", "") or None,
             data_dir=Path(reader.text("SERVING_DATA_DIR", "data") or "data"),
             log_sample=reader.number("SERVING_LOG_SAMPLE", 1.0, low=0.0, high=1.0),

@@ -177,7 +177,7 @@ def test_shadow_failure_or_slowness_does_not_touch_the_primary_answer(
     state = app.extensions["serving"]
     shadow = state.loader.choose("iris").shadow
     assert shadow is not None and shadow.version == 2
-    object.__setattr__(shadow, "model", _Exploding())  # a shadow that raises
+    object.__setattr__(shadow, "runner", _Exploding())  # a shadow that raises
     with caplog.at_level("WARNING", logger="serving.shadow"):
         response = client.post(
             "/v1/models/iris/predict",
@@ -215,10 +215,12 @@ def test_slow_shadow_runs_after_the_response_is_built(
             time.sleep(0.5)
             raise RuntimeError("late")
 
-    object.__setattr__(shadow, "model", Slow())
+    object.__setattr__(shadow, "runner", Slow())
     client = app.test_client()
     started = time.perf_counter()
     response = client.post("/v1/models/iris/predict", json={"instances": [IRIS_ROW]})
     answered = time.perf_counter() - started
     response.close()
+    closed = time.perf_counter() - started
     assert response.status_code == 200 and answered < 0.3
+    assert closed >= 0.5  # the slow shadow did run, after the answer

@@ -7,7 +7,8 @@ import re
 import time
 import uuid
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
+from flask import g as _g
 
 from serving.monitoring import observe
 from serving.recorder import PredictionRecord
@@ -23,6 +24,7 @@ def register(app: Flask) -> None:
 
 
 def _start() -> None:
+    g = _g._get_current_object()
     g.t0 = time.perf_counter()
     given = request.headers.get("X-Request-ID", "")
     g.request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
@@ -31,6 +33,7 @@ def _start() -> None:
 
 
 def _finish(response: Response) -> Response:
+    g = _g._get_current_object()  # one proxy lookup, not one per attribute
     duration_ms = (time.perf_counter() - g.get("t0", time.perf_counter())) * 1000.0
     request_id = g.get("request_id") or uuid.uuid4().hex
     response.headers["X-Request-ID"] = request_id

@@ -131,6 +131,7 @@ def _model_summary(name: str, detailed: bool = False) -> dict[str, Any]:
             out["features"] = loaded.schema.describe()
             out["classes"] = loaded.classes
             out["input"] = "frame" if loaded.schema.frame else "array"
+            out["runtime"] = loaded.runtime
     return out
 
 
