@@ -347,11 +347,16 @@ class ModelLoader:
             folder = self._store.version_dir(name, version)
         except ServingError:
             return (-1,)
-        for filename in ("metadata.json", artifacts.ARTIFACT_NAME, "model.onnx"):
+        try:  # the artifact's file is named by the metadata (model.joblib, model.onnx...)
+            metadata = self._store.read_metadata(name, version)
+            artifact = str(metadata.get("artifact") or artifacts.ARTIFACT_NAME)
+        except (ServingError, OSError, AttributeError):
+            artifact = artifacts.ARTIFACT_NAME
+        for filename in ("metadata.json", artifact):
             try:
                 st = os.stat(folder / filename)
                 out += [st.st_ino, st.st_mtime_ns, st.st_size]
-            except FileNotFoundError:
+            except OSError:
                 out += [-1]
         return tuple(out)
 

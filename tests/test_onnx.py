@@ -215,3 +215,22 @@ def test_an_onnx_version_cannot_be_optimized_again(
     assert _optimize(store, "iris", 1, "--onnx") == 0
     assert _optimize(store, "iris", 2, "--onnx") == 1
     assert "already an ONNX version" in capsys.readouterr().err
+
+
+def test_a_repaired_onnx_artifact_is_loaded_again(
+    store: ModelStore, iris_artifact: Path, make_app: Callable[..., Flask]
+) -> None:
+    """The loader remembers a failure until the files its metadata names change."""
+    store.register("iris", iris_artifact, activate=True, actor="test")
+    assert _optimize(store, "iris", 1, "--onnx") == 0
+    path = store.version_dir("iris", 2) / "model.onnx"
+    good = path.read_bytes()
+    path.write_bytes(good[:-8] + b"corrupt!")
+    client = make_app().test_client()
+    url = "/v1/models/iris/versions/2/predict"
+    assert client.post(url, json={"instances": ROWS}).status_code == 503
+    assert client.post(url, json={"instances": ROWS}).status_code == 503  # remembered
+    path.write_bytes(good)  # repaired: a new inode, mtime and size
+    response = client.post(url, json={"instances": ROWS})
+    assert response.status_code == 200, response.get_json()
+    assert client.get("/v1/models/iris").get_json()["versions"] == [1, 2]
