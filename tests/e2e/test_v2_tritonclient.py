@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,111 +13,11 @@ import pytest
 import tritonclient.http as tritonclient_http
 from tritonclient.utils import InferenceServerException
 
+from tests.e2e.conftest import GunicornServer, server_env
+
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[1]
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
-STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
-_LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
-
-
-# -- a gunicorn server over a demo store -------------------------------------------------------
-
-
-def _cli(store: Path, *args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "serving", "--store", str(store), *args],
-        cwd=REPO,
-        env=_env(store),
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
-
-
-def _env(store: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SERVING_", "GUNICORN_")) and k not in ("HOST", "PORT")
-    }
-    env.update(
-        HOST="127.0.0.1",
-        PORT="0",
-        WEB_CONCURRENCY="1",
-        SERVING_STATSD_HOST="",
-        SERVING_MODEL_STORE=str(store),
-    )
-    return env
-
-
-class _Server:
-    """`python -m gunicorn -c gunicorn.conf.py` on an ephemeral port; stdout read by a thread."""
-
-    def __init__(self, store: Path) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
-            cwd=REPO,
-            env=_env(store),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.port = self._wait_for(self._listening, "the 'Listening at' log line")
-        self._wait_for(self._ready, "GET /health/ready = 200")
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        with contextlib.suppress(ValueError, OSError):
-            for raw in iter(self.proc.stdout.readline, b""):
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-
-    def _wait_for(self, probe: Any, what: str) -> Any:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"gunicorn exited with {self.proc.returncode}:\n" + self.output())
-            found = probe()
-            if found:
-                return found
-            time.sleep(0.05)
-        pytest.fail(f"timed out waiting for {what}:\n" + self.output())
-
-    def _listening(self) -> int | None:
-        for line in list(self.lines):
-            with contextlib.suppress(ValueError):
-                match = _LISTENING.search(str(json.loads(line).get("message", "")))
-                if match:
-                    return int(match.group(1))
-        return None
-
-    def _ready(self) -> bool:
-        with contextlib.suppress(OSError):
-            return _get_json(self.port, "/health/ready")[0] == 200
-        return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT)
-        self._reader.join(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def output(self) -> str:
-        return "\n".join(self.lines[-40:])
 
 
 def _get_json(port: int, path: str, body: Any = None) -> tuple[int, Any]:
@@ -138,28 +30,26 @@ def _get_json(port: int, path: str, body: Any = None) -> tuple[int, Any]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, iris_artifact_v2: Path) -> Iterator[_Server]:
-    """iris v1 and diabetes v1 in production (`serving demo`), iris v2 stored but not deployed."""
-    store = tmp_path_factory.mktemp("v2-triton") / "store"
-    _cli(store, "demo")
-    _cli(store, "models", "register", "iris", str(iris_artifact_v2))
-    running = _Server(store)
-    try:
-        yield running
-    finally:
-        running.stop()
+def server(
+    copy_store: Callable[[], Path], start_server: Callable[..., GunicornServer]
+) -> GunicornServer:
+    """iris v1 and diabetes v1 in production (`serving demo`), iris v2 and v3 stored only."""
+    env = server_env(copy_store(), statsd_port=9, workers=1, extra={"SERVING_STATSD_HOST": ""})
+    return start_server(env)
 
 
 @pytest.fixture
-def triton(server: _Server) -> Iterator[Any]:
-    client = tritonclient_http.InferenceServerClient(server.url, network_timeout=10.0)
+def triton(server: GunicornServer) -> Iterator[Any]:
+    client = tritonclient_http.InferenceServerClient(
+        f"127.0.0.1:{server.port}", network_timeout=10.0
+    )
     try:
         yield client
     finally:
         client.close()
 
 
-def _v1(server: _Server, name: str = "iris", rows: list[list[float]] = ROWS) -> dict:
+def _v1(server: GunicornServer, name: str = "iris", rows: list[list[float]] = ROWS) -> dict:
     body = {"instances": rows, "return_proba": name == "iris"}
     return _get_json(server.port, f"/v1/models/{name}/predict", body)[1]
 
@@ -190,7 +80,7 @@ def test_model_readiness_and_metadata(triton: Any) -> None:
     assert triton.is_model_ready("iris", "2")
     assert not triton.is_model_ready("nope")
     metadata = triton.get_model_metadata("iris")
-    assert metadata["versions"] == ["1", "2"] and metadata["platform"] == "sklearn"
+    assert metadata["versions"] == ["1", "2", "3"] and metadata["platform"] == "sklearn"
     assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]
     assert [o["name"] for o in metadata["outputs"]] == ["predict", "predict_proba"]
     pinned = triton.get_model_metadata("diabetes", "1")
@@ -201,7 +91,7 @@ def test_model_readiness_and_metadata(triton: Any) -> None:
 @pytest.mark.parametrize("binary_input", [True, False], ids=["binary-in", "json-in"])
 @pytest.mark.parametrize("datatype", ["FP32", "FP64"])
 def test_infer_labels(
-    server: _Server, triton: Any, datatype: str, binary_input: bool, binary_output: bool
+    server: GunicornServer, triton: Any, datatype: str, binary_input: bool, binary_output: bool
 ) -> None:
     outputs = [tritonclient_http.InferRequestedOutput("predict", binary_data=binary_output)]
     result = triton.infer(
@@ -213,7 +103,7 @@ def test_infer_labels(
 
 
 def test_infer_without_requested_outputs_returns_binary_predict(
-    server: _Server, triton: Any
+    server: GunicornServer, triton: Any
 ) -> None:
     result = triton.infer("iris", [_input(ROWS, "FP64", True)])
     assert result.get_output("predict")["parameters"]["binary_data_size"] > 0
@@ -221,7 +111,7 @@ def test_infer_without_requested_outputs_returns_binary_predict(
 
 
 @pytest.mark.parametrize("binary_output", [True, False], ids=["binary-out", "json-out"])
-def test_predict_proba_output(server: _Server, triton: Any, binary_output: bool) -> None:
+def test_predict_proba_output(server: GunicornServer, triton: Any, binary_output: bool) -> None:
     outputs = [
         tritonclient_http.InferRequestedOutput("predict_proba", binary_data=binary_output),
         tritonclient_http.InferRequestedOutput("predict", binary_data=binary_output),
@@ -232,7 +122,7 @@ def test_predict_proba_output(server: _Server, triton: Any, binary_output: bool)
     assert np.allclose(probabilities, _v1(server)["probabilities"], atol=1e-6)
 
 
-def test_regressor_predictions(server: _Server, triton: Any) -> None:
+def test_regressor_predictions(server: GunicornServer, triton: Any) -> None:
     rows = [[0.01 * i for i in range(10)], [0.0] * 10]
     result = triton.infer("diabetes", [_input(rows, "FP64", True)])
     predictions = result.as_numpy("predict")
@@ -254,6 +144,7 @@ def test_repository_index(triton: Any) -> None:
         ("diabetes", "1"): "READY",
         ("iris", "1"): "READY",
         ("iris", "2"): "UNAVAILABLE",
+        ("iris", "3"): "UNAVAILABLE",
     }
 
 
