@@ -93,7 +93,8 @@ def _run(loaded: LoadedModel, features: Any, rows: int, return_proba: bool) -> P
         model=loaded.name,
         version=loaded.version,
         predictions=_jsonable(predictions),
-        probabilities=probabilities,
+        # orjson needs C order; binary MLPs return a transposed (Fortran-order) array.
+        probabilities=None if probabilities is None else np.ascontiguousarray(probabilities),
         classes=loaded.classes,
         rows=rows,
         features=features,
