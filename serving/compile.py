@@ -239,6 +239,8 @@ def _within_gate(
     largest = float(diff.max()) if diff.size else 0.0
     report[f"{what}_max_abs_diff"] = largest
     report[f"{what}_mean_abs_diff"] = float(diff.mean()) if diff.size else 0.0
+    per_row = diff.max(axis=1) if diff.ndim == 2 else diff
+    report[f"{what}_p99_abs_diff"] = float(np.quantile(per_row, 0.99)) if diff.size else 0.0
     if what == "proba":
         return largest <= gate.max_proba_diff
     std = float(expected.std()) if expected.size else 0.0
