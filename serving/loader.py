@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from serving import artifacts
+from serving.cache import PredictionCache
 from serving.errors import ModelNotFound, ModelUnavailable, ServingError, StoreError
 from serving.metrics import Metrics
 from serving.routing import Route, variant_name
@@ -41,6 +42,7 @@ class LoadedModel:
     metadata: dict[str, Any]
     schema: InputSchema
     loaded_at: float
+    cache: PredictionCache | None = field(default=None, repr=False, compare=False)
 
     @property
     def task(self) -> str:
@@ -93,6 +95,7 @@ class ModelLoader:
         pinned_cache_size: int = 2,
         clock: Callable[[], float] = time.monotonic,
         array_input: bool = True,
+        cache: PredictionCache | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -101,6 +104,7 @@ class ModelLoader:
         self._pinned_size = pinned_cache_size
         self._clock = clock
         self._array_input = array_input
+        self._cache = cache
         self._states: dict[str, ModelState] = {}
         self._failures: dict[tuple[str, int], tuple[tuple[int, ...], str]] = {}
         self._pinned: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
@@ -191,6 +195,11 @@ class ModelLoader:
                 changed = True
             if changed:
                 self._states = states  # the one swap every request sees atomically
+                if self._cache is not None:  # answers of versions no longer held go too
+                    with self._pinned_lock:
+                        held = set(self._pinned)
+                    held.update((n, v) for n, s in states.items() for v in s.versions())
+                    self._cache.retain(held)
 
     def _signature(self, name: str) -> tuple[int, int, int] | None:
         try:
@@ -359,7 +368,7 @@ class ModelLoader:
                 ) from None
             if self._array_input and schema.frame and schema.numeric_only:
                 schema = _array_schema_if_equivalent(model, schema, sample, expected)
-        return LoadedModel(name, version, model, metadata, schema, self._clock())
+        return LoadedModel(name, version, model, metadata, schema, self._clock(), self._cache)
 
     # -- status ----------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ class PredictionResult:
     rows: int
     # The validated model input (array or DataFrame), for the drift monitor; not in the body.
     features: Any = field(default=None, repr=False, compare=False)
+    # "hit" | "miss" | "bypass" with the prediction cache on (X-Cache); None when it is off.
+    cache: str | None = field(default=None, compare=False)
 
     def class_counts(self) -> list[tuple[Any, int]]:
         """(class, rows) pairs for the StatsD prediction counters of a classifier."""
@@ -83,6 +85,14 @@ def _check_request(
 
 
 def _run(loaded: LoadedModel, features: Any, rows: int, return_proba: bool) -> PredictionResult:
+    if loaded.cache is not None:
+        return loaded.cache.predict(
+            loaded, features, return_proba, lambda: _compute(loaded, features, rows, return_proba)
+        )
+    return _compute(loaded, features, rows, return_proba)
+
+
+def _compute(loaded: LoadedModel, features: Any, rows: int, return_proba: bool) -> PredictionResult:
     try:
         predictions = loaded.model.predict(features)
         probabilities = loaded.model.predict_proba(features) if return_proba else None
