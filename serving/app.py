@@ -10,6 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from serving.api import admin, errors, feedback, health, hooks, mlflow, openapi, prometheus, v1, v2
 from serving.api import monitoring as monitoring_api
+from serving.cache import PredictionCache
 from serving.loader import ModelLoader
 from serving.logs import init_logging
 from serving.metrics import MetricsGroup, make_metrics
@@ -56,6 +57,7 @@ def init_state(app: Flask, settings: Settings) -> ServingState:
     statsd = make_metrics(settings.statsd_host, settings.statsd_port, settings.statsd_prefix)
     metrics = MetricsGroup(statsd, prometheus.init_app(app, start_sampler=settings.start_poller))
     store = ModelStore(settings.model_store)
+    size = settings.prediction_cache
     loader = ModelLoader(
         store,
         metrics,
@@ -64,6 +66,7 @@ def init_state(app: Flask, settings: Settings) -> ServingState:
         pinned_cache_size=settings.pinned_cache_size,
         array_input=settings.array_input,
         kernels=settings.fast_kernels,
+        cache=PredictionCache(size, metrics) if size else None,
     )
     loader.refresh()  # a (re)started worker serves the current versions from its first request
     if settings.start_poller:

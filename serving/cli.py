@@ -95,7 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("name")
     opt.add_argument("version", type=int)
     opt.add_argument("--onnx", action="store_true", help="convert with skl2onnx, serve with ORT")
-    opt.add_argument("--quantize", action="store_true", help="not implemented yet")
+    opt.add_argument(
+        "--quantize", action="store_true", help="ONNX with int8 MatMul weights (MLP, PCA...)"
+    )
+    opt.add_argument(
+        "--min-label-agreement",
+        type=float,
+        default=0.99,
+        help="--quantize gate: share of labels equal to the original's (default 0.99)",
+    )
+    opt.add_argument(
+        "--max-proba-diff",
+        type=float,
+        default=0.1,
+        help="--quantize gate: largest probability difference (default 0.1)",
+    )
+    opt.add_argument(
+        "--max-value-diff",
+        type=float,
+        default=0.05,
+        help="--quantize gate, regressors: largest difference in output std units (default 0.05)",
+    )
     mon = verbs.add_parser("monitor", help="drift of a version's live inputs and outputs")
     mon.add_argument("name")
     mon.add_argument("--version", type=int, help="default: the version production serves")

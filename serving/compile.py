@@ -4,8 +4,9 @@ The converted model must match the original before it is registered: both score 
 `sample_input` rows plus synthetic rows drawn from its reference statistics (numeric features:
 a reference bin picked by its proportion, then uniform between the bin's edges, the outer bins
 bounded by min and max). Labels must be equal; probabilities and regression outputs must satisfy
-|onnx - original| <= ABS_TOL + REL_TOL * |original| (FP32 arithmetic in ONNX Runtime). The
-parity report goes into the new version's metadata.
+|onnx - original| <= ABS_TOL + REL_TOL * |original| (FP32 arithmetic in ONNX Runtime). With
+`--quantize` (serving/quantize.py) the model gets int8 weights and the looser `QuantGate` applies.
+The parity report goes into the new version's metadata.
 
 skl2onnx, onnx and onnxruntime are imported here only, and this module only by the `optimize`
 verb and by `artifacts.load_version` for a version whose metadata says `"format": "onnx"`.
@@ -19,11 +20,14 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from serving.errors import StoreError
+
+if TYPE_CHECKING:
+    from serving.quantize import QuantGate
 
 ONNX_ARTIFACT = "model.onnx"
 ABS_TOL = 1e-4
@@ -156,9 +160,14 @@ def parity_rows(metadata: dict[str, Any], n: int = SYNTHETIC_ROWS, seed: int = S
 
 
 def parity_report(
-    original: Any, compiled: OnnxModel, rows: np.ndarray, metadata: dict[str, Any]
+    original: Any,
+    compiled: OnnxModel,
+    rows: np.ndarray,
+    metadata: dict[str, Any],
+    gate: QuantGate | None = None,
 ) -> dict[str, Any]:
-    """Compare both models on `rows`: labels, probabilities or values; `ok` says if they match."""
+    """Compare both models on `rows`: labels, probabilities or values; `ok` says if they match
+    (exactly and within FP32 tolerance, or within `gate` for a quantized model)."""
     from serving.schema import InputSchema
 
     schema = InputSchema.from_metadata(metadata)
@@ -172,9 +181,11 @@ def parity_report(
         "sample_rows": len(metadata.get("sample_input") or []),
         "synthetic_rows": len(rows) - len(metadata.get("sample_input") or []),
         "seed": SEED,
-        "abs_tolerance": ABS_TOL,
-        "rel_tolerance": REL_TOL,
     }
+    if gate is None:
+        report.update(abs_tolerance=ABS_TOL, rel_tolerance=REL_TOL)
+    else:
+        report["gate"] = gate.describe()
     checks = []
     if metadata.get("task") == "classifier":
         mismatched = np.flatnonzero(np.asarray(got) != expected)
@@ -183,7 +194,11 @@ def parity_report(
             {"row": int(i), "original": _plain(expected[i]), "onnx": _plain(got[i])}
             for i in mismatched[:5]
         ]
-        checks.append(not len(mismatched))
+        agreement = 1.0 - len(mismatched) / max(len(rows), 1)
+        report["label_agreement"] = round(agreement, 6)
+        checks.append(
+            not len(mismatched) if gate is None else agreement >= gate.min_label_agreement
+        )
         if metadata.get("predict_proba") and hasattr(original, "predict_proba"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -193,18 +208,23 @@ def parity_report(
                         original.predict_proba(features),
                         compiled.predict_proba(rows),
                         "proba",
+                        gate,
                     )
                 )
     else:
-        checks.append(_close(report, expected, got, "output"))
+        checks.append(_close(report, expected, got, "output", gate))
     report["ok"] = all(checks)
     return report
 
 
-def _close(report: dict[str, Any], expected: Any, got: Any, what: str) -> bool:
+def _close(
+    report: dict[str, Any], expected: Any, got: Any, what: str, gate: QuantGate | None = None
+) -> bool:
     expected = np.asarray(expected, dtype=np.float64)
     got = np.asarray(got, dtype=np.float64).reshape(expected.shape)
     diff = np.abs(got - expected)
+    if gate is not None:
+        return _within_gate(report, expected, diff, what, gate)
     allowed = ABS_TOL + REL_TOL * np.abs(expected)
     bad = diff > allowed
     report[f"{what}_max_abs_diff"] = float(diff.max()) if diff.size else 0.0
@@ -212,6 +232,23 @@ def _close(report: dict[str, Any], expected: Any, got: Any, what: str) -> bool:
         np.any(bad, axis=1).sum() if bad.ndim == 2 else bad.sum()
     )
     return not bool(bad.any())
+
+
+def _within_gate(
+    report: dict[str, Any], expected: np.ndarray, diff: np.ndarray, what: str, gate: QuantGate
+) -> bool:
+    """The quantized gate: max |diff| of probabilities, or of values in output std units."""
+    largest = float(diff.max()) if diff.size else 0.0
+    report[f"{what}_max_abs_diff"] = largest
+    report[f"{what}_mean_abs_diff"] = float(diff.mean()) if diff.size else 0.0
+    per_row = diff.max(axis=1) if diff.ndim == 2 else diff
+    report[f"{what}_p99_abs_diff"] = float(np.quantile(per_row, 0.99)) if diff.size else 0.0
+    if what == "proba":
+        return largest <= gate.max_proba_diff
+    std = float(expected.std()) if expected.size else 0.0
+    report["output_std"] = std
+    report["output_max_diff_in_std"] = largest / std if std > 0 else (0.0 if not largest else None)
+    return largest <= gate.max_value_diff * std
 
 
 def _plain(value: Any) -> Any:
@@ -222,30 +259,46 @@ def _plain(value: Any) -> Any:
 
 
 def optimize(
-    store: Any, name: str, version: int, actor: str | None = None
+    store: Any,
+    name: str,
+    version: int,
+    actor: str | None = None,
+    quantize: QuantGate | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Compile `name` v`version` to ONNX and register it as a new version; (version, parity)."""
+    """Compile `name` v`version` to ONNX (int8 weights with `quantize`) and register it as a new
+    version; (version, parity). An FP32 ONNX version can be quantized too."""
     import onnxruntime
     import skl2onnx
 
     from serving import artifacts
 
     metadata = store.read_metadata(name, version)
-    if metadata.get("format") == "onnx":
-        raise StoreError(f"{name} v{version} is already an ONNX version")
+    if metadata.get("quantization"):
+        raise StoreError(f"{name} v{version} is already quantized")
+    is_onnx = metadata.get("format") == "onnx"
+    if is_onnx and quantize is None:
+        raise StoreError(f"{name} v{version} is already an ONNX version (add --quantize?)")
+    folder = store.version_dir(name, version)
     try:
-        original = artifacts.load_version(store.version_dir(name, version), metadata, False)
+        original = artifacts.load_version(folder, metadata, False)
     except artifacts.ModelLoadError as exc:
         raise StoreError(f"{name} v{version} cannot load: {exc.reason}") from None
-    onnx_bytes = convert(original, metadata)
+    onnx_bytes = (folder / ONNX_ARTIFACT).read_bytes() if is_onnx else convert(original, metadata)
+    quantization = None
+    if quantize is not None:
+        from serving.quantize import quantize_model
+
+        what = f"{name} v{version} ({_model_kind(original, metadata)})"
+        onnx_bytes, quantization = quantize_model(onnx_bytes, what)
     try:
         compiled = OnnxModel(onnx_bytes, str(metadata.get("task")), metadata.get("classes"))
     except Exception as exc:
         raise StoreError(f"ONNX Runtime cannot load the converted model: {exc}") from None
-    report = parity_report(original, compiled, parity_rows(metadata), metadata)
+    report = parity_report(original, compiled, parity_rows(metadata), metadata, quantize)
     if not report["ok"]:
         raise ParityError(report)
     prepared = {k: v for k, v in metadata.items() if k not in _OWN_FIELDS}
+    prepared.pop("quantization", None)
     prepared.update(
         format="onnx",
         source_version=int(version),
@@ -254,11 +307,21 @@ def optimize(
         skl2onnx_version=skl2onnx.__version__,
         metrics={},
     )
+    if quantization is not None:
+        prepared["quantization"] = quantization
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ONNX_ARTIFACT
         path.write_bytes(onnx_bytes)
         new = store.register_prepared(name, path, prepared, ONNX_ARTIFACT, actor=actor)
     return new, report
+
+
+def _model_kind(model: Any, metadata: dict[str, Any]) -> str:
+    """The estimator that decides what ONNX operators come out (a Pipeline's last step)."""
+    if isinstance(model, OnnxModel):
+        return f"ONNX of {str(metadata.get('model_class', '?')).rsplit('.', 1)[-1]}"
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    return type(final).__name__
 
 
 class ParityError(StoreError):
@@ -268,22 +331,40 @@ class ParityError(StoreError):
 
 
 def run_cli(store: Any, args: argparse.Namespace) -> int:
+    if not (args.onnx or args.quantize):
+        print(
+            "error: say how to optimize: --onnx, --quantize (int8, implies --onnx)", file=sys.stderr
+        )
+        return 1
+    gate = None
     if args.quantize:
-        print("error: --quantize is not implemented yet", file=sys.stderr)
-        return 1
-    if not args.onnx:
-        print("error: say how to optimize: --onnx", file=sys.stderr)
-        return 1
+        from serving.quantize import QuantGate
+
+        gate = QuantGate(args.min_label_agreement, args.max_proba_diff, args.max_value_diff)
     try:
-        version, report = optimize(store, args.name, args.version, args.actor)
+        version, report = optimize(store, args.name, args.version, args.actor, gate)
     except ParityError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         print(json.dumps(exc.report, indent=2, default=str), file=sys.stderr)
         return 1
-    print(
-        f"{args.name}: version {version} (ONNX) from version {args.version}; parity ok on "
-        f"{report['rows']} rows (labels equal, |diff| <= {ABS_TOL:g} + {REL_TOL:g}*|value|)",
-        file=sys.stderr,
-    )
+    print(f"{args.name}: version {version} {_summary(args.version, report, gate)}", file=sys.stderr)
     print(version)
     return 0
+
+
+def _summary(source: int, report: dict[str, Any], gate: QuantGate | None) -> str:
+    rows = report["rows"]
+    if gate is None:
+        return (
+            f"(ONNX) from version {source}; parity ok on {rows} rows "
+            f"(labels equal, |diff| <= {ABS_TOL:g} + {REL_TOL:g}*|value|)"
+        )
+    if "label_agreement" in report:
+        measured = f"labels agree on {report['label_agreement']:.2%}"
+        if "proba_max_abs_diff" in report:
+            measured += f", max |probability diff| {report['proba_max_abs_diff']:.4f}"
+    else:
+        measured = (
+            f"max |diff| {report['output_max_abs_diff']:.4g} ({report['output_std']:.4g} std)"
+        )
+    return f"(ONNX, int8) from version {source}; parity gate passed on {rows} rows: {measured}"

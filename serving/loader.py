@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from serving import artifacts
+from serving.cache import PredictionCache
 from serving.errors import ModelNotFound, ModelUnavailable, ServingError, StoreError
 from serving.metrics import Metrics
 from serving.routing import Route, variant_name
@@ -44,6 +45,7 @@ class LoadedModel:
     # What the hot path calls predict/predict_proba on: the model itself, or a verified
     # numpy kernel that answers the same (serving.kernels).
     runner: Any = None
+    cache: PredictionCache | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.runner is None:
@@ -105,6 +107,7 @@ class ModelLoader:
         clock: Callable[[], float] = time.monotonic,
         array_input: bool = True,
         kernels: bool = True,
+        cache: PredictionCache | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -114,6 +117,7 @@ class ModelLoader:
         self._clock = clock
         self._array_input = array_input
         self._kernels = kernels
+        self._cache = cache
         self._states: dict[str, ModelState] = {}
         self._failures: dict[tuple[str, int], tuple[tuple[int, ...], str]] = {}
         self._pinned: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
@@ -204,6 +208,11 @@ class ModelLoader:
                 changed = True
             if changed:
                 self._states = states  # the one swap every request sees atomically
+                if self._cache is not None:  # answers of versions no longer held go too
+                    with self._pinned_lock:
+                        held = set(self._pinned)
+                    held.update((n, v) for n, s in states.items() for v in s.versions())
+                    self._cache.retain(held)
 
     def _signature(self, name: str) -> tuple[int, int, int] | None:
         try:
@@ -380,7 +389,9 @@ class ModelLoader:
         runner = None
         if self._kernels and sample and not schema.frame and schema.numeric_only:
             runner = _verified_kernel(model, metadata, schema, sample, f"{name} v{version}")
-        return LoadedModel(name, version, model, metadata, schema, self._clock(), runner)
+        return LoadedModel(
+            name, version, model, metadata, schema, self._clock(), runner, self._cache
+        )
 
     # -- status ----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ Names (DESIGN §5), under the configured prefix:
   predictions.<model>.<class>        counter, rows predicted per class (classifiers)
   model.<model>.swap.success|failure counter, per version load attempt
   model.<model>.<alias>.version      gauge, the version this worker serves for an alias
+  cache.<model>.hit|miss             counter, prediction cache lookups (SERVING_PREDICTION_CACHE)
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Metrics:
 
     def set_drift(self, model: str, version: int, feature: str, psi: float) -> None:
         """Record the drift (PSI) of one feature of a version against its reference."""
+
+    def cache(self, model: str, hit: bool) -> None:
+        """Record one prediction cache lookup."""
 
     def close(self) -> None:
         """Release the socket, if any."""
@@ -109,6 +113,11 @@ class StatsdMetrics(Metrics):
             name = ".".join(metric_part(p) for p in (model, version, feature))
             client.gauge(f"drift.{name}", psi)
 
+    def cache(self, model: str, hit: bool) -> None:
+        client = self._get()
+        if client is not None:
+            client.incr(f"cache.{metric_part(model)}.{'hit' if hit else 'miss'}")
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -145,6 +154,10 @@ class MetricsGroup(Metrics):
     def set_drift(self, model: str, version: int, feature: str, psi: float) -> None:
         for member in self._members:
             member.set_drift(model, version, feature, psi)
+
+    def cache(self, model: str, hit: bool) -> None:
+        for member in self._members:
+            member.cache(model, hit)
 
     def close(self) -> None:
         for member in self._members:

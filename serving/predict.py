@@ -24,6 +24,8 @@ class PredictionResult:
     rows: int
     # The validated model input (array or DataFrame), for the drift monitor; not in the body.
     features: Any = field(default=None, repr=False, compare=False)
+    # "hit" | "miss" | "bypass" with the prediction cache on (X-Cache); None when it is off.
+    cache: str | None = field(default=None, compare=False)
 
     def class_counts(self) -> list[tuple[Any, int]]:
         """(class, rows) pairs for the StatsD prediction counters of a classifier."""
@@ -90,6 +92,14 @@ def _check_request(
 
 
 def _run(loaded: LoadedModel, features: Any, rows: int, return_proba: bool) -> PredictionResult:
+    if loaded.cache is not None:
+        return loaded.cache.predict(
+            loaded, features, return_proba, lambda: _compute(loaded, features, rows, return_proba)
+        )
+    return _compute(loaded, features, rows, return_proba)
+
+
+def _compute(loaded: LoadedModel, features: Any, rows: int, return_proba: bool) -> PredictionResult:
     try:
         runner = loaded.runner  # the model, or a numpy kernel verified to answer the same
         predictions = runner.predict(features)
@@ -101,7 +111,8 @@ def _run(loaded: LoadedModel, features: Any, rows: int, return_proba: bool) -> P
         model=loaded.name,
         version=loaded.version,
         predictions=_jsonable(predictions),
-        probabilities=probabilities,
+        # orjson needs C order; binary MLPs return a transposed (Fortran-order) array.
+        probabilities=None if probabilities is None else np.ascontiguousarray(probabilities),
         classes=loaded.classes,
         rows=rows,
         features=features,

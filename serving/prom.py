@@ -13,6 +13,7 @@ So prometheus_client is imported when a `PrometheusMetrics` is built, never at i
   serving_in_flight_requests                                gauge (livesum), scrapes not included
   serving_model_version{model,alias,pid}                    gauge (liveall), per worker
   serving_feature_drift_psi{model,version,feature}          gauge (mostrecent), set by `set_drift`
+  serving_prediction_cache_lookups_total{model,result}      counter, result = hit | miss
   serving_process_cpu_seconds_total{pid}                    counter, per worker
   serving_process_resident_memory_bytes{pid}                gauge (liveall), per worker
 
@@ -104,6 +105,12 @@ class PrometheusMetrics(Metrics):
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+        self._cache = prom.Counter(
+            "serving_prediction_cache_lookups",
+            "Prediction cache lookups by result (hit or miss); only with SERVING_PREDICTION_CACHE.",
+            ("model", "result"),
+            registry=registry,
+        )
         self._cpu = prom.Gauge(
             _CPU,
             "CPU time (user + system) of each worker process, in seconds.",
@@ -120,6 +127,7 @@ class PrometheusMetrics(Metrics):
         )
         self._by_request: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._by_class: dict[tuple[Any, ...], Any] = {}
+        self._by_cache: dict[tuple[str, bool], Any] = {}
         self._versions: dict[tuple[str, str], int] = {}
         self._interval = sample_interval
         self._thread: threading.Thread | None = None
@@ -154,6 +162,16 @@ class PrometheusMetrics(Metrics):
                 child.inc(count)
         except (OSError, ValueError):  # a full /dev/shm must not fail the request
             log.warning("prometheus: cannot record a request", exc_info=True)
+
+    def cache(self, model: str, hit: bool) -> None:
+        try:
+            child = self._by_cache.get((model, hit))
+            if child is None:
+                child = self._cache.labels(model, "hit" if hit else "miss")
+                self._by_cache[(model, hit)] = child
+            child.inc()
+        except (OSError, ValueError):
+            log.warning("prometheus: cannot record a cache lookup", exc_info=True)
 
     def _request_children(self, key: tuple[Any, ...]) -> tuple[Any, Any]:
         labels = [_text(part) for part in key]

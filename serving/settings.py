@@ -53,6 +53,8 @@ class Settings:
     monitor_flush: float = 5.0
     drift_warn: float = 0.1
     drift_alert: float = 0.25
+    # Per-worker LRU cache of predictions, in entries (0: off). See serving/cache.py.
+    prediction_cache: int = 0
     configure_logging: bool = True
     start_poller: bool = True
 
@@ -86,6 +88,7 @@ class Settings:
             monitor_flush=reader.number("SERVING_MONITOR_FLUSH", 5.0, low=0.0, high=3600),
             drift_warn=reader.number("SERVING_DRIFT_WARN", 0.1, low=0.0, high=100),
             drift_alert=reader.number("SERVING_DRIFT_ALERT", 0.25, low=0.0, high=100),
+            prediction_cache=reader.integer("SERVING_PREDICTION_CACHE", 0, low=0, high=1_000_000),
         )
 
 

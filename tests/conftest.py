@@ -14,6 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_diabetes, load_iris
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
@@ -60,6 +61,16 @@ def iris_artifact_v2(artifacts_dir: Path) -> Path:
 def iris_reference(artifacts_dir: Path) -> Path:
     path = artifacts_dir / "iris.csv"
     _iris()[0].to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def forest_artifact(artifacts_dir: Path) -> Path:
+    """A 20-tree RandomForestClassifier on the named iris features."""
+    x, y = _iris()
+    model = RandomForestClassifier(n_estimators=20, random_state=0).fit(x, y)
+    path = artifacts_dir / "forest.joblib"
+    joblib.dump(model, path)
     return path
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import joblib
+import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sklearn.neural_network import MLPClassifier
 
 from serving.store import ModelStore
 from tests.conftest import IRIS_ROW
@@ -203,3 +206,21 @@ def test_ready_is_503_while_a_deployed_model_has_no_loadable_version(
     assert "sha256" in response.get_json()["waiting"]["iris:production"]
     predict = client.post("/v1/models/iris/predict", json={"instances": [IRIS_ROW]})
     assert predict.status_code == 503 and predict.get_json()["error"]["code"] == "model_unavailable"
+
+
+def test_return_proba_of_a_binary_mlp_is_served(
+    store: ModelStore, tmp_path: Path, make_app: Callable[..., Flask]
+) -> None:
+    # MLPClassifier.predict_proba of two classes is a transposed (Fortran-order) array.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    model = MLPClassifier((4,), max_iter=2000, random_state=0).fit(x, x[:, 0] > 0)
+    joblib.dump(model, tmp_path / "mlp.joblib")
+    store.register("mlp", tmp_path / "mlp.joblib", activate=True, actor="test")
+    response = (
+        make_app()
+        .test_client()
+        .post("/v1/models/mlp/predict", json={"instances": x[:2].tolist(), "return_proba": True})
+    )
+    assert response.status_code == 200, response.get_json()
+    assert np.allclose(np.sum(response.get_json()["probabilities"], axis=1), 1.0)

@@ -28,6 +28,7 @@ FAMILIES = {
     "serving_in_flight_requests": "gauge",
     "serving_model_version": "gauge",
     "serving_feature_drift_psi": "gauge",
+    "serving_prediction_cache_lookups": "counter",
     "serving_process_cpu_seconds": "counter",
     "serving_process_resident_memory_bytes": "gauge",
 }

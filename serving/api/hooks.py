@@ -40,6 +40,8 @@ def _finish(response: Response) -> Response:
     model, version = g.get("model"), g.get("version")
     if version is not None:
         response.headers["X-Model-Version"] = str(version)
+        if g.get("cache"):
+            response.headers["X-Cache"] = g.cache
     state = get_state()
     state.metrics.request(
         response.status_code,

@@ -87,3 +87,4 @@ def record_prediction(result: Any) -> None:
     g.class_counts = result.class_counts()
     g.outputs = result.predictions
     g.features, g.probabilities = result.features, result.probabilities  # drift monitor
+    g.cache = result.cache
