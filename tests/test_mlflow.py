@@ -5,18 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
 import tomllib
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -431,83 +422,3 @@ def test_a_plain_mlflow_client_payload_works(mlflow_client: FlaskClient) -> None
     body = '{"dataframe_split": ' + frame.to_json(orient="split") + "}"
     response = mlflow_client.post("/invocations", data=body, headers={"Content-Type": JSON})
     assert json.loads(response.get_data())["predictions"] == LABELS
-
-
-@pytest.fixture
-def gunicorn_port(tmp_path: Path) -> Iterator[int]:
-    """A real gunicorn (1 worker) over a `serving demo` store, iris as the default model."""
-    store = tmp_path / "store"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SERVING_", "GUNICORN_")) and k not in ("HOST", "PORT")
-    }
-    subprocess.run(
-        [sys.executable, "-m", "serving", "--store", str(store), "demo"],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    env |= {
-        "HOST": "127.0.0.1",
-        "PORT": "0",
-        "WEB_CONCURRENCY": "1",
-        "SERVING_STATSD_HOST": "",
-        "SERVING_MODEL_STORE": str(store),
-        "SERVING_DEFAULT_MODEL": "iris",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
-    reader.start()
-    try:
-        yield _wait_until_serving(proc, lines)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        reader.join(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def _wait_until_serving(proc: subprocess.Popen[str], lines: list[str]) -> int:
-    deadline = time.monotonic() + 60
-    port = None
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "gunicorn exited:\n" + "".join(lines)
-        found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", "".join(lines))
-        port = int(found.group(1)) if found else None
-        if port is not None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        return port
-            except (urllib.error.URLError, OSError):
-                pass
-        time.sleep(0.1)
-    pytest.fail("gunicorn did not serve /ping in 60 s:\n" + "".join(lines))
-
-
-@pytest.mark.e2e
-def test_mlflow_style_client_against_real_gunicorn(gunicorn_port: int) -> None:
-    frame = pd.DataFrame(ROWS, columns=NAMES)
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{gunicorn_port}/invocations",
-        data=json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split"))}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert json.loads(response.read())["predictions"] == LABELS
