@@ -38,7 +38,10 @@ backlog = int(os.environ.get("GUNICORN_BACKLOG", "2048"))
 # --- workers ----------------------------------------------------------------------------------
 # Sync workers: prediction is CPU-bound, one request per process at a time. Default: one per core
 # (2-4 x cores only helps when requests wait on I/O, which ours do not).
-worker_class = "sync"
+# GUNICORN_WORKER_CLASS=gthread with GUNICORN_THREADS=2-4 keeps HTTP connections open
+# (keep-alive) for clients with connection pools; README "Performance" has both measured.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 # Recycle a worker after this many requests (+ jitter so they do not all restart together)
 # to bound slow leaks in third-party code. 0 disables. A restarted worker loads the current
