@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import multiprocessing
 import signal
 import sys
@@ -244,23 +245,31 @@ def _stream(
     output, rejects = targets
     writer = batch_io.TableWriter(output.handle, fmt)
     totals = Totals()
-    # closing(): on an error, the worker pool stops here, not whenever the generator is freed.
-    with contextlib.closing(_scored(job, loaded, chunks, workers)) as results:
-        for chunk, scored in results:
-            _write_chunk(totals, chunk, scored, writer, rejects.handle)
-            progress.update(totals.read, chunk.position)
+    writes = batch_io.BackgroundWrites()  # writing chunk n overlaps reading chunk n+1
+    try:
+        # closing(): on an error, the worker pool stops here, not whenever it is freed.
+        with contextlib.closing(_scored(job, loaded, chunks, workers)) as results:
+            for chunk, scored in results:
+                _count(totals, chunk, scored)
+                writes.submit(functools.partial(_write_chunk, scored, writer, rejects.handle))
+                progress.update(totals.read, chunk.position)
+        writes.close()  # every chunk written, or the first write error raised
+    except BaseException:
+        writes.abort()  # nothing is written after this: the targets can be discarded
+        raise
     writer.close(Scorer(loaded, job).empty_schema())
     if totals.read != totals.written + totals.rejected:  # pragma: no cover - a bug, loudly
         raise RuntimeError(f"lost rows: {totals}")
     return totals
 
 
-def _write_chunk(
-    totals: Totals, chunk: RawChunk, scored: Scored, writer: batch_io.TableWriter, rejects: Any
-) -> None:
+def _write_chunk(scored: Scored, writer: batch_io.TableWriter, rejects: Any) -> None:
     if scored.table.num_rows:
         writer.write(scored.table)
     batch_io.write_rejects(rejects, scored.rejects)
+
+
+def _count(totals: Totals, chunk: RawChunk, scored: Scored) -> None:
     totals.read += chunk.rows
     totals.written += scored.table.num_rows
     totals.rejected += len(scored.rejects)

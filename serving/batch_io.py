@@ -12,12 +12,14 @@ import contextlib
 import io
 import json
 import os
+import queue
 import secrets
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -374,6 +376,53 @@ class Target:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
         self._tmp = None
+
+
+class BackgroundWrites:
+    """Runs write calls in order in one thread, at most `ahead` waiting.
+
+    pyarrow writes CSV and Parquet without the GIL, so while the thread writes chunk n the
+    main thread reads and scores chunk n+1. The first error stops later writes and is raised
+    by the next `submit` or by `close`.
+    """
+
+    def __init__(self, ahead: int = 2) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=ahead)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="batch-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as exc:  # raised in the main thread
+                    self._error = exc
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._raise()
+        self._queue.put(job)
+
+    def close(self) -> None:
+        """Wait until every submitted write is done; raise the first write error."""
+        self._stop()
+        self._raise()
+
+    def abort(self) -> None:
+        """Skip the writes not started yet and wait for the one running, if any."""
+        if self._error is None:
+            self._error = RuntimeError("aborted")
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 class TableWriter:

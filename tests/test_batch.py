@@ -706,3 +706,53 @@ def test_memory_stays_flat_however_large_the_file(store: ModelStore, tmp_path: P
     # Ten times the rows, same chunks: the peak must not follow the file (a few MB of noise).
     assert peaks["big.csv"] < peaks["small.csv"] + 16, peaks
     assert time.monotonic() - started < 60
+
+
+def test_background_writes_run_in_order_and_raise_the_first_error() -> None:
+    from serving.batch_io import BackgroundWrites
+
+    done: list[int] = []
+    writes = BackgroundWrites()
+    for i in range(50):
+        writes.submit(lambda i=i: done.append(i))
+    writes.close()
+    assert done == list(range(50))
+
+    def fail() -> None:
+        raise OSError(28, "No space left on device")
+
+    failing = BackgroundWrites(ahead=1)
+    failing.submit(fail)
+    with pytest.raises(OSError, match="No space left"):
+        for i in range(100):  # raised at a later submit, once the thread has run `fail`
+            failing.submit(lambda i=i: done.append(100 + i))
+            time.sleep(0.01)
+    with pytest.raises(OSError, match="No space left"):
+        failing.close()
+    assert all(i < 100 for i in done)  # nothing was written after the error
+
+
+def test_aborted_background_writes_skip_what_was_not_started() -> None:
+    import threading
+
+    from serving.batch_io import BackgroundWrites
+
+    started, release, done = threading.Event(), threading.Event(), []
+
+    def slow() -> None:
+        started.set()
+        release.wait(5)
+        done.append("slow")
+
+    writes = BackgroundWrites(ahead=2)
+    writes.submit(slow)
+    writes.submit(lambda: done.append("queued"))
+    assert started.wait(5)
+    aborter = threading.Thread(target=writes.abort)  # waits for the running write
+    aborter.start()
+    deadline = time.monotonic() + 5
+    while writes._error is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    release.set()
+    aborter.join(5)
+    assert done == ["slow"]  # the running write finished; the queued one never ran
