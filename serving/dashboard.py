@@ -238,6 +238,91 @@ def build_dashboard(
     }
 
 
+def run_cli(store: ModelStore, args: Any) -> int:
+    """`python -m serving traffic [NAME] [--window 15m] [--json] [--data-dir DIR]`."""
+    import json
+
+    from serving.datastore import parse_window
+    from serving.settings import Settings
+
+    settings = Settings.from_env()  # the drift thresholds
+    datastore = DataStore(args.data_dir)
+    try:
+        body = build_dashboard(
+            datastore,
+            store,
+            parse_window(args.window),
+            time.time(),
+            args.window,
+            settings.drift_warn,
+            settings.drift_alert,
+            args.name,
+        )
+    finally:
+        datastore.close()
+    print(json.dumps(body, indent=2) if args.json else format_traffic(body))
+    return 0
+
+
+def format_traffic(body: dict[str, Any]) -> str:
+    """Who served what, how fast and how often it failed, as a table; then the latest swaps."""
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3g}"
+
+    def pct(part: int, whole: int) -> str:
+        return f"{100 * part / whole:.1f}%" if whole else "-"
+
+    t = body["totals"]
+    lines = [
+        f"last {body['window']} ({body['since']} .. {body['until']}): {t['requests']} requests "
+        f"({t['requests_per_s']}/s), 4xx {pct(t['client_errors'], t['requests'])}, "
+        f"5xx {pct(t['server_errors'], t['requests'])}, p50/p95/p99 {ms(t['p50_ms'])} / "
+        f"{ms(t['p95_ms'])} / {ms(t['p99_ms'])} ms"
+    ]
+    table = [
+        ("model", "version", "variant", "requests", "4xx", "5xx", "p50 ms", "p95 ms", "p99 ms")
+    ]
+    for m in body["models"]:
+        for r in m["traffic"]:
+            table.append(
+                (
+                    m["name"],
+                    str(r["version"] or "-"),
+                    r["variant"] or "-",
+                    str(r["requests"]),
+                    pct(r["client_errors"], r["requests"]),
+                    pct(r["server_errors"], r["requests"]),
+                    ms(r["p50_ms"]),
+                    ms(r["p95_ms"]),
+                    ms(r["p99_ms"]),
+                )
+            )
+    if len(table) > 1:
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    if t["unrouted"]:
+        lines.append(f"refused before choosing a model: {t['unrouted']}")
+    for m in body["models"]:
+        drift = m["drift"]
+        aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(m["aliases"].items())) or "no alias"
+        lines.append(f"{m['name']}: {aliases}; drift of v{drift['version']}: {drift['status']}")
+    if body["swaps"]:
+        lines.append("recent swaps:")
+        for e in body["swaps"][:5]:
+            after = e.get("shadow") if e["action"] == "shadow" else e.get("version")
+            change = f"{_v(e.get('previous'))} -> {_v(after)}"
+            lines.append(
+                f"  {e.get('at', '')[:19]}  {e['model']} {e['action']} {e.get('alias', '')} "
+                f"{change} by {e.get('actor', '?')}"
+            )
+    return "\n".join(lines)
+
+
+def _v(version: Any) -> str:
+    return f"v{version}" if version else "-"
+
+
 def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 

@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 
 from serving import traffic
 from serving.api.dashboard import WEB
+from serving.cli import main
 from serving.datastore import DataStore
 from serving.monitoring import COMPONENT, MIGRATIONS, Monitor, get_monitor
 from serving.store import ModelStore
@@ -318,3 +319,28 @@ def test_openapi_documents_the_dashboard(client: FlaskClient) -> None:
     data = paths["/v1/dashboard/data"]["get"]
     assert {p["name"] for p in data["parameters"]} == {"window", "model"}
     assert "/dashboard" in paths
+
+
+def test_cli_traffic_shows_who_served_what(
+    served: ModelStore,
+    make_app: Callable[..., Flask],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    app = make_app()
+    client = app.test_client()
+    for _ in range(4):
+        assert _predict(client, [IRIS_ROW]) == 200
+    assert _predict(client, [SHORT_ROW]) == 422
+    get_monitor(app).flush()  # type: ignore[union-attr]
+    base = ["--store", str(served.root), "traffic", "--data-dir", str(tmp_path / "data")]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "5 requests" in out and "4xx 20.0%" in out
+    row = next(line.split() for line in out.splitlines() if line.startswith("iris "))
+    assert row[:6] == ["iris", "1", "-", "5", "20.0%", "0.0%"]
+    assert "iris: production -> v1; drift of v1: no_reference" in out
+    assert main([*base, "--json", "--window", "5m"]) == 0
+    assert '"requests": 5' in capsys.readouterr().out
+    assert main([*base[:3], "nope", *base[3:]]) == 1
+    assert "'nope' is not in the store" in capsys.readouterr().err
