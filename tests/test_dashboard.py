@@ -290,11 +290,11 @@ def test_confidence_is_counted_only_when_probabilities_were_computed(
 
 
 def test_page_and_assets_are_served_locally_with_a_strict_policy(client: FlaskClient) -> None:
-    page = client.get("/dashboard")
-    assert page.status_code == 200 and page.mimetype == "text/html"
-    policy = page.headers["Content-Security-Policy"]
+    with client.get("/dashboard") as page:  # a file response: closed, or it warns
+        assert page.status_code == 200 and page.mimetype == "text/html"
+        policy = page.headers["Content-Security-Policy"]
+        html = page.get_data(as_text=True)
     assert "default-src 'none'" in policy and "script-src 'self'" in policy
-    html = page.get_data(as_text=True)
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert sorted(assets) == ["/dashboard/dashboard.css", "/dashboard/dashboard.js"]
     for asset in assets:
