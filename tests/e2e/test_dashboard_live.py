@@ -34,7 +34,7 @@ from tests.e2e.conftest import (
     run_cli,
     server_env,
     statsd_listener,
-    survey_workers,
+    wait_for_workers,
     wait_until,
 )
 
@@ -104,16 +104,6 @@ def _hostile_model(tmp_path: Path) -> tuple[Path, Path]:
     return artifact, reference
 
 
-def _both_workers(port: int) -> set[int]:
-    """The pids of the 2 workers, once both answer (the second may still be loading models)."""
-
-    def seen() -> set[int] | None:
-        pids = set(survey_workers(port, 2, tries=50, strict=False))
-        return pids if len(pids) == 2 else None
-
-    return wait_until(seen, 30, "both workers to answer", step=0.1)  # type: ignore[no-any-return]
-
-
 def _dashboard(port: int) -> dict[str, Any]:
     reply = http_request(port, "GET", "/v1/dashboard/data?window=15m")
     assert reply.status == 200, reply.raw
@@ -134,7 +124,7 @@ def test_dashboard_shows_real_traffic_in_chromium(
         extra = {"SERVING_MONITOR_FLUSH": "0.2"}
         server = start_server(server_env(store, statsd.port, workers=2, extra=extra))
         port = server.port
-        workers = _both_workers(port)
+        workers = wait_for_workers(port, 2)
         sent = {"iris_v1": 0, "iris_v2": 0, "diabetes": 0, "odd": 0, "422": 0, "404": 0}
         for i in range(60):
             assert predict(port, [IRIS_ROW]).status == 200
