@@ -223,7 +223,7 @@ def dashboard_data() -> Response:
     response_type="text/html",
 )
 def dashboard_page() -> Response:
-    return _file("dashboard.html", max_age=0)
+    return _file("dashboard.html")
 
 
 @bp.get("/dashboard/<name>")
@@ -236,11 +236,12 @@ def dashboard_page() -> Response:
 def dashboard_asset(name: str) -> Response:
     if name not in _ASSETS:
         return json_response({"error": {"code": "not_found", "message": "no such file"}}, 404)
-    return _file(name, max_age=300)
+    return _file(name)
 
 
-def _file(name: str, max_age: int) -> Response:
-    response = send_from_directory(WEB, name, max_age=max_age)
+def _file(name: str) -> Response:
+    # max_age=0: revalidated (ETag) on every load, so an upgraded server never runs an old script
+    response = send_from_directory(WEB, name, max_age=0)
     response.headers["Content-Security-Policy"] = _CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

@@ -222,7 +222,7 @@
       el("div", { class: "label" }, label), el("div", { class: "value" }, value));
     replace("kpis",
       card("requests", t.requests.toLocaleString("en"), "requests"),
-      card("requests/s", num(t.requests_per_s), "rps"),
+      card("avg requests/s", num(t.requests_per_s), "rps"),
       card("4xx", pct(t.requests ? t.client_errors / t.requests : null), "client"),
       card("5xx", pct(t.requests ? t.server_errors / t.requests : null), "server"),
       card("p50", num(t.p50_ms) + " ms", "p50"),
@@ -241,7 +241,7 @@
     replace("chart-errors", lineChart("errors", s.t, [
       { label: "4xx (client)", values: s.client_error_rate, color: "#ef6c00" },
       { label: "5xx (server)", values: s.server_error_rate, color: "#c62828" },
-    ], { tick: pct, minTop: 0.01, empty: "no requests in this window" }));
+    ], { tick: (v) => (100 * v).toFixed(1) + "%", minTop: 0.01 }));
     replace("chart-latency", lineChart("latency", s.t, [
       { label: "p50", values: s.p50_ms, color: "#43a047" },
       { label: "p95", values: s.p95_ms, color: "#fb8c00" },
