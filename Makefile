@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export SERVING_MODEL_STORE ?= model_store
 
-.PHONY: run test lint check demo venv dev clean
+.PHONY: run test lint check demo venv dev clean browser
 
 # The runtime virtualenv: re-made whenever requirements.txt changes.
 $(VENV)/.runtime: requirements.txt
@@ -27,8 +27,15 @@ demo: venv
 run: demo
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
-test: dev
+test: dev browser
 	$(PY) -m pytest
+
+# Headless Chromium for the dashboard's browser test (Debian's package). Never fails: where it
+# cannot be installed, that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null || (apt-get install -y chromium || (apt-get update && \
+		apt-get install -y chromium)) || echo "make browser: could not install chromium;" \
+		"the dashboard browser test will skip"
 
 # `lint` fixes what it can; `check` only reads (CI-safe).
 lint: dev

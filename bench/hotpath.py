@@ -155,11 +155,14 @@ def _after_predict(
     app: Any, loaded: Any, instances: list[Any], timer: Timer, json_response: Any
 ) -> dict[str, float]:
     """What follows the model: the response body, then the after-request bookkeeping."""
+    from serving.monitoring import get_monitor
     from serving.predict import predict
     from serving.recorder import PredictionRecord
     from serving.state import get_state
 
     state, log = get_state(app), logging.getLogger("serving.request")
+    monitor = get_monitor(app)
+    assert monitor is not None, "bench apps keep SERVING_MONITOR_FLUSH on"
     result = predict(loaded, instances)
     counts, response_body = result.class_counts(), {**result.body(), "request_id": "x" * 32}
 
@@ -179,6 +182,9 @@ def _after_predict(
             lambda: state.metrics.request(200, 1.234, "lr", 1, counts)
         ),
         "prediction log (recorder.record: enqueue)": timer.median_us(record),
+        "dashboard traffic count (Monitor.count: enqueue)": timer.median_us(
+            lambda: monitor.count("lr", 1, None, 200, 1.234)
+        ),
         "log (JSON line to /dev/null)": timer.median_us(
             lambda: _log_line(log, uuid.uuid4().hex, result.rows)
         ),

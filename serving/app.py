@@ -8,7 +8,19 @@ import sklearn
 from flask import Flask
 from threadpoolctl import threadpool_limits
 
-from serving.api import admin, errors, feedback, health, hooks, mlflow, openapi, prometheus, v1, v2
+from serving.api import (
+    admin,
+    dashboard,
+    errors,
+    feedback,
+    health,
+    hooks,
+    mlflow,
+    openapi,
+    prometheus,
+    v1,
+    v2,
+)
 from serving.api import monitoring as monitoring_api
 from serving.cache import PredictionCache
 from serving.loader import ModelLoader
@@ -37,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(mlflow.bp)
     app.register_blueprint(feedback.bp)
     app.register_blueprint(monitoring_api.bp)
+    app.register_blueprint(dashboard.bp)
     if settings.admin_token:  # no token, no admin API: every /v1/admin path is a 404
         app.register_blueprint(admin.bp)
     return app

@@ -128,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("SERVING_DATA_DIR") or "data"),
         help="the embedded store's directory (default: $SERVING_DATA_DIR or ./data)",
     )
+    traffic = verbs.add_parser(
+        "traffic", help="requests, errors and latency per version over a window (all workers)"
+    )
+    traffic.add_argument("name", nargs="?", help="one model (default: every model)")
+    traffic.add_argument("--window", default="15m", help="how far back: 5m, 1h, 24h (15m)")
+    traffic.add_argument("--json", action="store_true", help="print the dashboard's JSON")
+    traffic.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("SERVING_DATA_DIR") or "data"),
+        help="the embedded store's directory (default: $SERVING_DATA_DIR or ./data)",
+    )
     return parser
 
 
@@ -155,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             from serving.monitoring import run_cli as run_monitor
 
             return run_monitor(store, args)
+        if args.verb == "traffic":
+            from serving.dashboard import run_cli as run_traffic
+
+            return run_traffic(store, args)
         return _models(store, args)
     except (ServingError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

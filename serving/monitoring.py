@@ -8,6 +8,9 @@ queued requests against each version's reference bins (one vectorised `np.search
 feature per request) and adds the counts to the `monitor_counts` table of the embedded store
 in one UPSERT transaction: one row per (model, version, minute, feature, bin). A query over a
 window sums the minutes (to the minute) of every worker, past and present.
+
+The same flusher writes the worker's traffic counts (`serving.traffic`: requests per 10 s,
+status and latency bin, for the dashboard) into `traffic_counts`, in the same transaction.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +29,7 @@ import numpy as np
 import pandas as pd
 from flask import Flask, current_app, g
 
-from serving import drift
+from serving import drift, traffic
 from serving.datastore import DataStore
 from serving.drift import CONFIDENCE, OTHER, PREDICTION, ROWS
 from serving.errors import ModelNotFound
@@ -45,6 +48,7 @@ MIGRATIONS = [
         " PRIMARY KEY (model, version, bucket, feature, bin)) WITHOUT ROWID",
         "CREATE INDEX monitor_by_time ON monitor_counts (bucket)",
     ],
+    traffic.MIGRATION,
 ]
 BUCKET_SECONDS = 60
 MAX_PENDING_ROWS = 200_000  # rows queued per worker between flushes; beyond: dropped, counted
@@ -79,6 +83,15 @@ def observe(model: str, version: int) -> None:
     monitor = current_app.extensions.get(EXTENSION)
     if monitor is not None:
         monitor.record(model, version, g.get("features"), g.get("outputs"), g.get("probabilities"))
+
+
+def count_traffic(
+    model: str | None, version: int | None, variant: str | None, status: int, ms: float
+) -> None:
+    """After any request that chose a model (or a refused prediction): count it (hot path)."""
+    monitor = current_app.extensions.get(EXTENSION)
+    if monitor is not None:
+        monitor.count(model, version, variant, status, ms)
 
 
 class _Profile:
@@ -137,6 +150,8 @@ class Monitor:
         self._queue: deque[tuple[Any, ...]] = deque()
         self._pending_rows = 0
         self._counts: dict[Key, float] = defaultdict(float)
+        self.traffic = traffic.TrafficQueue(clock)
+        self._traffic_counts: Counter[traffic.Key] = Counter()
         self._profiles: dict[tuple[str, int], _Profile | None] = {}
         self._pid = -1
         self._thread: threading.Thread | None = None
@@ -161,6 +176,13 @@ class Monitor:
         self._pending_rows += rows
         self._queue.append((model, version, self._clock(), features, predictions, probabilities))
 
+    def count(
+        self, model: str | None, version: int | None, variant: str | None, status: int, ms: float
+    ) -> None:
+        if self._pid != os.getpid() and not self._start():
+            return
+        self.traffic.count(model, version, variant, status, ms)
+
     # -- the flusher -----------------------------------------------------------------------
 
     def _start(self) -> bool:
@@ -172,6 +194,8 @@ class Monitor:
             # A forked child inherits its parent's queue and counts: they are the parent's.
             self._queue, self._pending_rows = deque(), 0
             self._counts = defaultdict(float)
+            self.traffic.reset()
+            self._traffic_counts = Counter()
             self._flush_lock = threading.Lock()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
@@ -207,36 +231,40 @@ class Monitor:
         return done
 
     def flush(self) -> int:
-        """Bin the queue and add the counts to the store in one transaction; rows written."""
+        """Bin the queues and add the counts to the store in one transaction; rows written."""
         with self._flush_lock:
             self.accumulate()
-            if not self._counts:
+            self._traffic_counts.update(self.traffic.drain())
+            if not self._counts and not self._traffic_counts:
                 return 0
             counts, self._counts = self._counts, defaultdict(float)
+            requests, self._traffic_counts = self._traffic_counts, Counter()
             rows = [(*key, n) for key, n in counts.items()]
+            traffic_rows = [(*key, n) for key, n in requests.items()]
             try:
                 self.datastore.ensure_schema(COMPONENT, MIGRATIONS)
                 with self.datastore.transaction() as conn:
                     conn.executemany(_UPSERT, rows)
+                    conn.executemany(traffic.UPSERT, traffic_rows)
             except Exception:  # a locked or full store: keep the counts for the next flush
                 if not self.failed:
                     log.exception("drift monitor: cannot write counts to %s", self.datastore.path)
                 self.failed += 1
                 for key, n in counts.items():
                     self._counts[key] += n
+                self._traffic_counts.update(requests)
                 return 0
-            return len(rows)
+            return len(rows) + len(traffic_rows)
 
     def prune(self) -> None:
         try:
             if not self.datastore.exists():
                 return
             self.datastore.ensure_schema(COMPONENT, MIGRATIONS)
+            cutoff = self._clock() - self._retention_s
             with self.datastore.transaction() as conn:
-                conn.execute(
-                    "DELETE FROM monitor_counts WHERE bucket < ?",
-                    (self._clock() - self._retention_s,),
-                )
+                conn.execute("DELETE FROM monitor_counts WHERE bucket < ?", (cutoff,))
+                conn.execute("DELETE FROM traffic_counts WHERE bucket < ?", (cutoff,))
         except Exception:
             log.exception("drift monitor: pruning failed")
 

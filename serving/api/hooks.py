@@ -1,4 +1,4 @@
-"""Per-request bookkeeping: request id, one JSON log line, StatsD timings."""
+"""Per-request bookkeeping: request id, one JSON log line, metrics, traffic and drift counts."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import uuid
 from flask import Flask, Response, request
 from flask import g as _g
 
-from serving.monitoring import observe
+from serving.monitoring import count_traffic, observe
 from serving.recorder import PredictionRecord
 from serving.state import get_state
 
 log = logging.getLogger("serving.request")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Prediction routes (/v1, V2, MLflow): refused before choosing a model, they still count as
+# failed traffic on the dashboard.
+_PREDICT_PATHS = ("/predict", "/infer", "/invocations")
 
 
 def register(app: Flask) -> None:
@@ -43,14 +46,12 @@ def _finish(response: Response) -> Response:
         if g.get("cache"):
             response.headers["X-Cache"] = g.cache
     state = get_state()
+    status = response.status_code
     state.metrics.request(
-        response.status_code,
-        duration_ms,
-        model,
-        version,
-        g.get("class_counts", ()),
-        variant=g.get("variant"),
+        status, duration_ms, model, version, g.get("class_counts", ()), variant=g.get("variant")
     )
+    if model is not None or (status >= 400 and request.path.endswith(_PREDICT_PATHS)):
+        count_traffic(model, version, g.get("variant"), status, duration_ms)  # the dashboard
     if model is not None and version is not None:
         ok = response.status_code == 200
         state.recorder.record(

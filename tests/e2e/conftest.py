@@ -169,6 +169,17 @@ def survey_workers(
     return seen
 
 
+def wait_for_workers(port: int, workers: int = 2, timeout: float = 30.0) -> set[int]:
+    """The pids of `workers` workers, once all answer: ready means one worker answers, and the
+    others may still be loading their models (seconds on a busy machine)."""
+
+    def seen() -> set[int] | None:
+        pids = set(survey_workers(port, workers, tries=50, strict=False))
+        return pids if len(pids) >= workers else None
+
+    return wait_until(seen, timeout, f"{workers} workers to answer", step=0.1)  # type: ignore[no-any-return]
+
+
 def wait_for_replacement(port: int, victim: int, workers: int = 2) -> dict[int, dict]:
     """After killing worker `victim`: wait (bounded) until `workers` others answer."""
 

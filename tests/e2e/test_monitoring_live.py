@@ -17,8 +17,8 @@ from .conftest import (
     run_cli,
     server_env,
     statsd_listener,
-    survey_workers,
     wait_for_replacement,
+    wait_for_workers,
     wait_until,
 )
 
@@ -43,7 +43,7 @@ def test_monitoring_sums_workers_and_survives_a_killed_one(
     with statsd_listener() as statsd:
         extra = {"SERVING_DATA_DIR": str(data_dir), "SERVING_MONITOR_FLUSH": "0.2"}
         server = start_server(server_env(store, statsd.port, workers=2, extra=extra))
-        workers = set(survey_workers(server.port, 2))
+        workers = wait_for_workers(server.port, 2)
         _send(server.port, rows, 0, 150)
         served_by = {
             r["process"]
