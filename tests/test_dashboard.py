@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-import time
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,25 +83,26 @@ def test_queue_counts_by_bucket_status_and_latency_bin() -> None:
     assert queue.drain() == {}
 
 
-def test_counting_a_request_costs_well_under_a_microsecond_or_so(
-    served: ModelStore, tmp_path: Path
-) -> None:
-    """The hot path: a pid check and a deque append (binning happens in the flusher)."""
-    monitor = Monitor(DataStore(tmp_path / "data"), served, flush_interval=3600)
-    n = 20_000
+def test_every_counted_request_reaches_the_table_once(served: ModelStore, tmp_path: Path) -> None:
+    """Counting is a deque append on the hot path (its cost is in bench/hotpath.py); the
+    flusher bins the queue: n counts in, n requests in `traffic_counts`, none twice."""
+    store = DataStore(tmp_path / "data")
+    monitor = Monitor(store, served, flush_interval=3600)
+    n = 5_000
     try:
-        monitor.count("iris", 1, None, 200, 0.8)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            monitor.count("iris", 1, None, 200, 0.8)
-        per_request = (time.perf_counter() - t0) / n * 1e6
-        t0 = time.perf_counter()
+        for i in range(n):
+            monitor.count("iris", 1, None, 200 if i % 10 else 422, 0.8 + i % 7)
         monitor.flush()
-        flushed = (time.perf_counter() - t0) / n * 1e6
-        print(f"traffic count: {per_request:.3f} us per request, flush {flushed:.3f} us each")
-        assert per_request < 5  # about 0.3 us; generous for a busy 2-core machine
+        monitor.flush()  # nothing left to add
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            rows = dict(
+                conn.execute(
+                    "SELECT status, SUM(n) FROM traffic_counts WHERE model = 'iris' GROUP BY status"
+                ).fetchall()
+            )
     finally:
         monitor.close()
+    assert rows == {200: n - n // 10, 422: n // 10}
 
 
 # -- the data endpoint --------------------------------------------------------------------------
