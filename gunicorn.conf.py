@@ -125,6 +125,8 @@ def post_worker_init(worker):
     if app is not None and "serving" in getattr(app, "extensions", {}):
         get_state(app).loader.ensure_polling()
         get_prometheus(app).ensure_sampling()
+    # The app and its models are loaded: from now on this worker accepts connections.
+    worker.log.info("worker %s ready", worker.pid)
 
 
 def child_exit(server, worker):

@@ -34,6 +34,7 @@ STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 CLI_TIMEOUT = 60.0
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+_WORKER_READY = re.compile(r"worker (\d+) ready$")
 _LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+) \((\d+)\)")
 # Variables of the parent environment that would change how the server under test behaves.
 _OWN_VARS = ("HOST", "PORT", "WEB_CONCURRENCY")
@@ -279,7 +280,21 @@ class GunicornServer:
             self._readers.append(reader)
         self.port, self.master_pid = wait_until(self._listening, STARTUP_TIMEOUT, "Listening at")
         wait_until(self._ready, STARTUP_TIMEOUT, "GET /health/ready = 200", step=0.1)
+        # Ready means one worker answers; the others may still be loading their models, and
+        # until they accept, the first takes every connection. Wait for all of them.
+        workers = int(self._env.get("WEB_CONCURRENCY", "1"))
+        wait_until(lambda: len(self.ready_workers()) >= workers, STARTUP_TIMEOUT, "all workers")
         return self
+
+    def ready_workers(self) -> set[int]:
+        """Pids of the workers that logged "worker <pid> ready" (models loaded, accepting)."""
+        self._assert_running()
+        return {
+            int(match.group(1))
+            for record in self.records()
+            if record.get("logger") == "gunicorn.error"
+            and (match := _WORKER_READY.match(str(record.get("message", ""))))
+        }
 
     def _listening(self) -> tuple[int, int] | None:
         self._assert_running()
