@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import protocols
+from bench import protocols, report
 
 ROWS = [[0.5, 1.0, -2.0], [3.0, 4.0, 5.0]]
 COLUMNS = ["f00", "f01", "f02"]
@@ -94,3 +94,32 @@ def test_write_bodies_writes_the_same_rows_in_every_protocol(tmp_path: Path) -> 
     assert set(bodies) == {(p.name, n) for p in protocols.ALL for n in (1, 2)}
     assert json.loads(bodies[("mlflow", 2)].read_bytes())["dataframe_split"]["data"] == ROWS
     assert json.loads(bodies[("v2", 1)].read_bytes())["inputs"][0]["shape"] == [1, 3]
+
+
+def _cell(contestant: str, rps: float, p99: float) -> dict:
+    return {
+        "phase": "peers",
+        "contestant": contestant,
+        "model": "lr",
+        "rows": 1,
+        "connections": 8,
+        "rps": rps,
+        "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": p99},
+        "cpu_ms_per_request": 1.0,
+        "other_cores": 0.1,
+        "non_2xx": 0,
+        "socket_errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0},
+    }
+
+
+def test_peers_summary_takes_each_contestants_median_over_the_rounds() -> None:
+    cells = [_cell("ours", 900, 9), _cell("ours", 1100, 11), _cell("ours", 1000, 10)]
+    cells += [_cell("mlserver", 400, 20), {**_cell("x", 1, 1), "phase": "matrix"}]
+
+    summary = report.peers_summary({"mlserver": {"status": "ok"}}, cells)
+
+    (entry,) = summary["table"]
+    assert entry["contestants"]["ours"]["rps"] == 1000
+    assert entry["contestants"]["ours"]["p99_ms"] == 10
+    assert entry["contestants"]["ours"]["rounds"] == 3
+    assert set(entry["contestants"]) == {"ours", "mlserver"}
