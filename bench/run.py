@@ -14,7 +14,7 @@ With --peers (`make bench-peers`), then the peers phase: ours (sync), MLServer a
 their own venvs, bench/peers.py) all up at once and measured side by side, cell after cell in
 rotating order, in 2 rounds (1 when quick), no re-measuring; medians over the rounds. A peer that
 is not installed, does not start or answers wrongly is reported with the reason and left out.
-Adds about 7 minutes (quick: about 2).
+Adds about 9 minutes (quick: about 2.5).
 """
 
 from __future__ import annotations

@@ -123,3 +123,20 @@ def test_peers_summary_takes_each_contestants_median_over_the_rounds() -> None:
     assert entry["contestants"]["ours"]["p99_ms"] == 10
     assert entry["contestants"]["ours"]["rounds"] == 3
     assert set(entry["contestants"]) == {"ours", "mlserver"}
+
+
+def test_a_peer_whose_install_failed_is_reported_with_the_end_of_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import peers
+
+    monkeypatch.setattr(peers, "VENVS", tmp_path)
+    (tmp_path / "mlflow.install.log").write_text(
+        "WARNING: Location 'file:///x' is ignored\n"
+        "ERROR: No matching distribution found for mlflow-skinny==9.9\n"
+    )
+
+    with pytest.raises(peers.PeerError, match=r"not installed.*No matching distribution"):
+        peers.MLFLOW.check_installed()
+    with pytest.raises(peers.PeerError, match="run `make bench-peers`"):
+        peers.MLSERVER.check_installed()
