@@ -119,6 +119,7 @@ class PeerServer(Server):
             time.sleep(0.3)
         self._settle(deadline)
         if self.proc.poll() is not None:  # another process answered on its port
+            self.stop()
             raise SystemExit(f"{self.name} exited; its log ends:\n{self.log_tail()}")
         self.idle_memory = self.memory()
         return self
