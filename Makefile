@@ -48,11 +48,31 @@ check: dev
 
 # Benchmark on loopback (bench/run.py), 4-5 minutes: BENCH_QUICK=1 for under 90 s,
 # BENCH_WORKERS=N (default 2), BENCH_DURATION=s per cell. Installs wrk (Debian) if missing.
-.PHONY: bench bench-batch
-bench: venv
-	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+.PHONY: bench bench-batch bench-peers wrk
+bench: venv wrk
 	$(PY) -m bench.run
 	$(MAKE) bench-batch
+
+wrk:
+	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+
+# `make bench` (without bench-batch) plus the peers, MLServer and MLflow, measured side by side
+# with ours in the same run: about 14 minutes (BENCH_QUICK=1: about 4), plus a few minutes for
+# the first install. Each peer is installed from PyPI into its own virtualenv under
+# .bench-venvs/ (pins: bench/requirements-<peer>.txt; never into $(VENV)); a peer that fails to
+# install is reported in the table with the reason (log: .bench-venvs/<peer>.install.log).
+PEER_VENVS := .bench-venvs
+PEERS := mlserver mlflow
+bench-peers: venv wrk
+	-$(MAKE) -k $(PEERS:%=$(PEER_VENVS)/%/.installed)
+	$(PY) -m bench.run --peers
+
+$(PEER_VENVS)/%/.installed: bench/requirements-%.txt
+	rm -rf $(PEER_VENVS)/$*
+	$(PYTHON) -m venv $(PEER_VENVS)/$*
+	$(PEER_VENVS)/$*/bin/python -m pip install --disable-pip-version-check -r $< \
+		> $(PEER_VENVS)/$*.install.log 2>&1 || (tail -n 3 $(PEER_VENVS)/$*.install.log; exit 1)
+	touch $@
 
 # Batch scoring throughput and peak RSS next to the in-process floor (1,000,000 rows x 20).
 bench-batch: venv
@@ -65,4 +85,4 @@ bench-memory: venv
 	$(PY) -m bench.preload
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(PEER_VENVS)

@@ -8,7 +8,6 @@ allowance lasts; the least disturbed attempt is kept and the number of attempts 
 from __future__ import annotations
 
 import http.client
-import json
 import resource
 import statistics
 import time
@@ -24,21 +23,34 @@ MAX_ATTEMPTS = 3
 _JSON = {"Content-Type": "application/json"}
 
 
-def predict_path(model: str) -> str:
-    """Where a cell posts; the bare app ("-") answers any path, so it gets the same request line."""
-    return f"/v1/models/{'lr' if model == '-' else model}/predict"
+def predict_path(server: Server, model: str) -> str:
+    """Where a cell posts, in the server's protocol; the bare app ("-") answers any path, so it
+    gets the same request line as ours."""
+    return server.protocol.path("lr" if model == "-" else model)
 
 
-def check_answers(server: Server, model: str, body: Path, rows: int) -> None:
-    """One request before the load: a 200 with one prediction per row, or stop."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    conn.request("POST", predict_path(model), body.read_bytes(), _JSON)
-    response = conn.getresponse()
-    payload = response.read()
-    conn.close()
-    predicted = len(json.loads(payload)["predictions"]) if response.status == 200 else -1
-    if response.status != 200 or (model != "-" and predicted != rows):
-        raise SystemExit(f"{server.name}: {model} answered {response.status}: {payload[:300]!r}")
+def check_answers(server: Server, model: str, body: Path, rows: int) -> list[Any]:
+    """One request before the load: a 200 with one prediction per row, or stop; the predictions."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("POST", predict_path(server, model), body.read_bytes(), _JSON)
+        response = conn.getresponse()
+        status, payload = response.status, response.read()
+    except OSError as exc:
+        raise SystemExit(f"{server.name}: {model}: no answer ({exc})") from exc
+    finally:
+        conn.close()
+    if status != 200:
+        raise SystemExit(f"{server.name}: {model} answered {status}: {payload[:300]!r}")
+    if model == "-":
+        return []
+    try:
+        predictions = server.protocol.predictions(payload)
+    except ValueError as exc:
+        raise SystemExit(f"{server.name}: {model}: {exc}: {payload[:300]!r}") from exc
+    if len(predictions) != rows:
+        raise SystemExit(f"{server.name}: {model}: {len(predictions)} predictions for {rows} rows")
+    return predictions
 
 
 def wait_for_quiet(limit: float, window: float = 0.5) -> float:
@@ -54,18 +66,33 @@ def wait_for_quiet(limit: float, window: float = 0.5) -> float:
 
 @dataclass
 class Bench:
-    """What every cell needs: durations, request bodies, the StatsD sink, the retry allowance."""
+    """What every cell needs: durations, request bodies, the StatsD sink, the retry allowance.
+
+    `bodies`: {(protocol name, rows): file}; `answers`: {(server, model, rows): the predictions
+    of the request checked before the server's first cell with that body}.
+    """
 
     duration: int
     warmup: int
-    bodies: dict[int, Path]
+    bodies: dict[tuple[str, int], Path]
     sink: StatsdSink
     retry_seconds: float
-    warmed: set[tuple[str, str, int]] = field(default_factory=set)
+    answers: dict[tuple[str, str, int], list[Any]] = field(default_factory=dict)
+
+    def body(self, server: Server, rows: int) -> Path:
+        return self.bodies[(server.protocol.name, rows)]
 
     def cell(self, server: Server, model: str, rows: int, conns: int, phase: str) -> dict:
-        self._warm(server, model, rows)
-        best = self.measure(server, model, rows, conns)
+        try:
+            self.warm(server, model, rows)
+            best = self.measure(server, model, rows, conns)
+        except SystemExit as exc:
+            if server.proc is not None and server.proc.poll() is not None:
+                raise SystemExit(
+                    f"{exc}\n{server.name} exited ({server.proc.returncode}); log ends:\n"
+                    f"{server.log_tail()}"
+                ) from exc
+            raise
         attempts = 1
         while best["other_cores"] > report.NOISY and attempts < MAX_ATTEMPTS:
             if self.retry_seconds < self.duration + 1:
@@ -74,22 +101,24 @@ class Bench:
             self.retry_seconds -= waited + self.duration + 0.5
             again, attempts = self.measure(server, model, rows, conns), attempts + 1
             best = again if again["other_cores"] < best["other_cores"] else best
-        best.update(phase=phase, attempts=attempts)
+        best.update(phase=phase, attempts=attempts, contestant=server.contestant)
         print(report.cell_line(best), flush=True)
         return best
 
-    def _warm(self, server: Server, model: str, rows: int) -> None:
+    def warm(self, server: Server, model: str, rows: int) -> None:
         """Before a server's first cell with this body: check the answer, load it briefly."""
-        if (server.name, model, rows) not in self.warmed:
-            check_answers(server, model, self.bodies[rows], rows)
-            loadgen.run(server.url(predict_path(model)), self.bodies[rows], 8, self.warmup)
-            self.warmed.add((server.name, model, rows))
+        key = (server.name, model, rows)
+        if key not in self.answers:
+            self.answers[key] = check_answers(server, model, self.body(server, rows), rows)
+            loadgen.run(
+                server.url(predict_path(server, model)), self.body(server, rows), 8, self.warmup
+            )
 
     def measure(self, server: Server, model: str, rows: int, conns: int) -> dict[str, Any]:
         """One wrk run; CPU of the server tree and of the machine; what StatsD and the log saw."""
         before = _Counters.read(server, self.sink)
-        url = server.url(predict_path(model))
-        result = loadgen.run(url, self.bodies[rows], conns, self.duration)
+        url = server.url(predict_path(server, model))
+        result = loadgen.run(url, self.body(server, rows), conns, self.duration)
         cpu = procstat.tree_cpu_seconds(server.pid) - before.server_cpu
         busy = procstat.machine_busy_seconds() - before.machine_busy - (_own_cpu() - before.own)
         time.sleep(0.2)  # the last datagrams

@@ -6,11 +6,12 @@ numeric features). `rf`: a 100-tree RandomForestClassifier on the same 20 featur
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from bench import protocols
 
 N_FEATURES = 20
 MODELS = ("lr", "rf")
@@ -39,8 +40,9 @@ def train(frame: Any, y: Any) -> dict[str, Any]:
     }
 
 
-def build(workdir: Path, env: dict[str, str]) -> tuple[Path, dict[int, Path]]:
-    """Train, register both models (activated) in `workdir/store`; write one body per row count."""
+def build(workdir: Path, env: dict[str, str]) -> tuple[Path, dict[tuple[str, int], Path]]:
+    """Train, register both models (activated) in `workdir/store`; write the request bodies,
+    {(protocol name, rows): file}, the same rows in every contestant's protocol."""
     import joblib
 
     frame, y = training_data()
@@ -49,11 +51,8 @@ def build(workdir: Path, env: dict[str, str]) -> tuple[Path, dict[int, Path]]:
         artifact = workdir / f"{name}.joblib"
         joblib.dump(model, artifact)
         register(store, name, artifact, env)
-    bodies = {}
-    for rows in ROW_COUNTS:
-        bodies[rows] = workdir / f"body-{rows}.json"
-        bodies[rows].write_text(json.dumps({"instances": frame.head(rows).values.tolist()}))
-    return store, bodies
+    rows = {count: frame.head(count).values.tolist() for count in ROW_COUNTS}
+    return store, protocols.write_bodies(workdir, rows, list(frame.columns))
 
 
 def register(store: Path, name: str, artifact: Path, env: dict[str, str]) -> None:

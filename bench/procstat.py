@@ -17,27 +17,44 @@ def _fields(pid: int) -> list[str]:
 
 def children(pid: int) -> list[int]:
     """Direct children of `pid` (gunicorn's workers, for its master)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if int(_fields(int(entry))[_PPID]) == pid:
-                    out.append(int(entry))
-            except (OSError, IndexError, ValueError):  # gone meanwhile
-                continue
+    return sorted(child for child, parent in _parents().items() if parent == pid)
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren... of `pid` (a peer's CLI -> uvicorn -> workers)."""
+    parents, out, frontier = _parents(), [], [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        out += below
+        frontier = below
     return sorted(out)
 
 
+def _parents() -> dict[int, int]:
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                out[int(entry)] = int(_fields(int(entry))[_PPID])
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+    return out
+
+
 def tree_cpu_seconds(master: int) -> float:
-    """user+system CPU of the master and its live workers, plus workers it already reaped."""
-    fields = _fields(master)
-    ticks = sum(int(fields[i]) for i in (_UTIME, _STIME, _CUTIME, _CSTIME))
-    for pid in children(master):
+    """user+system CPU of `master` and its live descendants, plus the children each reaped.
+
+    For gunicorn that is the master, its workers and the workers it already reaped.
+    """
+    ticks = 0
+    for pid in [master, *descendants(master)]:
         try:
-            worker = _fields(pid)
+            fields = _fields(pid)
         except OSError:  # exited between the listing and now: counted once reaped
+            if pid == master:
+                raise
             continue
-        ticks += int(worker[_UTIME]) + int(worker[_STIME])
+        ticks += sum(int(fields[i]) for i in (_UTIME, _STIME, _CUTIME, _CSTIME))
     return ticks / _TICKS
 
 

@@ -173,6 +173,65 @@ def _gthread_lines(pair: dict[str, Any]) -> list[str]:
     return lines
 
 
+def peers_summary(status: dict[str, Any], cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The peers phase: each peer's status, and per cell each contestant's medians over rounds."""
+    groups: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]] = {}
+    for c in cells:
+        if c.get("phase") == "peers":
+            key = (c["model"], c["rows"], c["connections"])
+            groups.setdefault(key, {}).setdefault(c["contestant"], []).append(c)
+    table = []
+    for (model, rows, conns), by_name in groups.items():
+        entry: dict[str, Any] = {"model": model, "rows": rows, "connections": conns}
+        entry["contestants"] = {name: _medians(runs) for name, runs in by_name.items()}
+        table.append(entry)
+    return {"status": status, "table": table}
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def med(get: Any) -> float:
+        return round(statistics.median(get(c) for c in runs), 3)
+
+    return {
+        "rounds": len(runs),
+        "rps": med(lambda c: c["rps"]),
+        "p50_ms": med(lambda c: c["latency_ms"]["p50"]),
+        "p95_ms": med(lambda c: c["latency_ms"]["p95"]),
+        "p99_ms": med(lambda c: c["latency_ms"]["p99"]),
+        "cpu_ms_per_request": med(lambda c: c["cpu_ms_per_request"] or 0),
+        "other_cores": med(lambda c: c["other_cores"]),
+        "non_2xx": sum(c["non_2xx"] for c in runs),
+        "socket_errors": sum(sum(c["socket_errors"].values()) for c in runs),
+    }
+
+
+def _peer_lines(peers: dict[str, Any]) -> list[str]:
+    lines = ["", "Peers, side by side (medians over the rounds; x = ours req/s / this req/s)"]
+    for name, st in peers["status"].items():
+        line = f"  {name}: {st['status']}"
+        if st.get("versions"):
+            line += " " + ", ".join(f"{k} {v}" for k, v in st["versions"].items())
+        if st.get("agreement_with_ours"):
+            same = ", ".join(f"{m} {v:.0%}" for m, v in st["agreement_with_ours"].items())
+            line += f"; same class as ours on the 100 rows: {same}"
+        lines.append(line + (f"\n    reason: {st['reason']}" if st.get("reason") else ""))
+    lines.append(
+        f"{'model':<6}{'rows':>5}{'conns':>6}  {'server':<10}{'req/s':>8}{'p50 ms':>8}"
+        f"{'p95 ms':>8}{'p99 ms':>8}{'CPU ms/req':>11}{'non2xx':>7}{'others':>7}{'x':>6}"
+    )
+    for entry in peers["table"]:
+        ours = entry["contestants"].get("ours", {}).get("rps")
+        for name, c in entry["contestants"].items():
+            ratio = f"{ours / c['rps']:.2f}" if ours and c["rps"] and name != "ours" else ""
+            lines.append(
+                f"{entry['model']:<6}{entry['rows']:>5}{entry['connections']:>6}  {name:<10}"
+                f"{c['rps']:>8.0f}{c['p50_ms']:>8.2f}{c['p95_ms']:>8.2f}{c['p99_ms']:>8.2f}"
+                f"{c['cpu_ms_per_request']:>11.3f}{c['non_2xx'] + c['socket_errors']:>7}"
+                f"{c['other_cores']:>7.2f}{ratio:>6}"
+            )
+    return lines
+
+
 def render(doc: dict[str, Any]) -> str:
     m, cfg = doc["machine"], doc["config"]
     lines = [
@@ -186,10 +245,11 @@ def render(doc: dict[str, Any]) -> str:
         _HEADER,
         *(cell_line(c) for c in doc["cells"] if c["phase"] == "matrix"),
         "gthread vs sync, in turns:",
-        *(cell_line(c) for c in doc["cells"] if c["phase"] != "matrix"),
+        *(cell_line(c) for c in doc["cells"] if c["phase"] == "gthread-vs-sync"),
         *_servers_table(doc["servers"]),
         *_gthread_lines(doc["gthread_vs_sync"]),
         hotpath_tables({**doc, "other_cores": doc["hotpath_other_cores"]}),
+        *(_peer_lines(doc["peers"]) if "peers" in doc else []),
         f"\nwhole run: {doc['elapsed_s']} s",
     ]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """The servers under test, each a gunicorn master we start, watch through /proc and stop.
+(The peers, MLServer and MLflow, are in bench/peers.py.)
 
 - ours: `gunicorn -c gunicorn.conf.py` (plus optional command-line overrides such as
   `-k gthread --threads 4`), every feature on as shipped: validation, StatsD to the bench's
@@ -22,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
+from bench.protocols import NATIVE, Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 _OWN_VARS = ("HOST", "PORT", "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")
 _OWN_PREFIXES = ("SERVING_", "GUNICORN_")
+_ISSUED_PORTS: set[int] = set()  # by free_port, in this run
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -45,21 +48,33 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nobody listens on now, never the same twice in a run: servers are described (and
+    their ports chosen) before any of them binds, and the kernel may hand a closed port out again.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _ISSUED_PORTS:
+            _ISSUED_PORTS.add(port)
+            return port
 
 
 class Server:
     """One gunicorn master: start (wait for a 200 on `ready_path`), workers, stop."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], workdir: Path):
-        """`command`: gunicorn's arguments; it runs as `python -m gunicorn ...` in `workdir`."""
+    def __init__(
+        self, name: str, command: list[str], env: dict[str, str], workdir: Path, port: int = 0
+    ):
+        """`command`: gunicorn's arguments; it runs as `python -m gunicorn ...` in `workdir`,
+        on `port` (default: $PORT of `env`)."""
         self.name, self.command, self.env, self.cwd = name, command, env, workdir
         self.argv = [sys.executable, "-m", "gunicorn", *command]
         self.log = workdir / f"{name}.log"
-        self.port = int(env["PORT"])
+        self.port = port or int(env["PORT"])
         self.ready_path = "/"
+        self.protocol: Protocol = NATIVE
+        self.contestant = name  # the column it is reported under (one per server program)
         self.proc: subprocess.Popen[bytes] | None = None
         self.idle_memory: dict[str, Any] = {}
 
@@ -82,13 +97,16 @@ class Server:
                 stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
-        while not (self._ready() and len(self.workers()) == workers):
+        while not self._up(workers):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise SystemExit(f"{self.name} did not start; see its log:\n{self._tail()}")
+                raise SystemExit(f"{self.name} did not start; see its log:\n{self.log_tail()}")
             time.sleep(0.2)
         self.idle_memory = self.memory()
         return self
+
+    def _up(self, workers: int) -> bool:
+        return self._ready() and len(self.workers()) == workers
 
     def _ready(self) -> bool:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
@@ -160,22 +178,28 @@ class Server:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
-    def _tail(self) -> str:
+    def log_tail(self) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
 
 
 def ours(
-    workdir: Path, store: Path, workers: int, statsd_port: int, overrides: list[str]
+    workdir: Path,
+    store: Path,
+    workers: int,
+    statsd_port: int,
+    overrides: list[str],
+    name: str | None = None,
 ) -> Server:
     """Our server from gunicorn.conf.py, all features on; `overrides` go after `-c`."""
     kind = "gthread" if "gthread" in overrides else "sync"
+    name = name or f"serving-{kind}"
     env = clean_env(
         {
             "HOST": "127.0.0.1",
             "PORT": str(free_port()),
             "WEB_CONCURRENCY": str(workers),
             "SERVING_MODEL_STORE": str(store),
-            "SERVING_DATA_DIR": str(workdir / f"data-{kind}"),
+            "SERVING_DATA_DIR": str(workdir / f"data-{name}"),
             "SERVING_STATSD_HOST": "127.0.0.1",
             "SERVING_STATSD_PORT": str(statsd_port),
             "SERVING_STATSD_PREFIX": "bench",
@@ -183,7 +207,7 @@ def ours(
         }
     )
     command = ["-c", str(ROOT / "gunicorn.conf.py"), *overrides]
-    server = Server(f"serving-{kind}", command, env, workdir)
+    server = Server(name, command, env, workdir)
     server.ready_path = "/health/ready"
     return server
 
