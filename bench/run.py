@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,19 @@ def peer_runs(cfg: Config, workdir: Path, store: Path, bench: Bench):
         "ours": dict.fromkeys(fixtures.MODELS, ours)
     }
     status: dict[str, dict[str, Any]] = {}
+    # Our own variants and the naive Flask app, measured like the peers.
+    gthread = servers.ours(workdir, store, cfg.workers, bench.sink.port, GTHREAD, "ours-gthread")
+    contestants["ours-gthread"] = dict.fromkeys(fixtures.MODELS, gthread)
+    status["ours-gthread"] = {"status": "ok", "config": "gunicorn.conf.py -k gthread --threads 4"}
+    onnx = servers.ours(
+        workdir, onnx_store(workdir, store), cfg.workers, bench.sink.port, [], "ours-onnx"
+    )
+    contestants["ours-onnx"] = {"rf": onnx}  # rf compiled by `serving optimize --onnx`
+    status["ours-onnx"] = {"status": "ok", "config": "rf v2 = serving optimize rf 1 --onnx"}
+    contestants["naive-flask"] = {
+        m: servers.naive(workdir, store, cfg.workers, m) for m in fixtures.MODELS
+    }
+    status["naive-flask"] = {"status": "ok", "config": "bench/naive_app.py, gunicorn sync"}
     for peer in peers.PEERS:
         try:
             prepared = peers.prepare(peer, workdir, cfg.workers)
@@ -158,6 +172,20 @@ def peer_runs(cfg: Config, workdir: Path, store: Path, bench: Bench):
     return infos, cells, status
 
 
+def onnx_store(workdir: Path, store: Path) -> Path:
+    """A copy of the bench store whose rf production is the ONNX compilation of rf v1."""
+    target = workdir / "store-onnx"
+    shutil.copytree(store, target)
+    argv = [sys.executable, "-m", "serving", "--store", str(target)]
+    for step in (["optimize", "rf", "1", "--onnx"], ["models", "promote", "rf", "2"]):
+        done = subprocess.run(
+            [*argv, *step], cwd=workdir, env=servers.clean_env(), capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(step)} failed:\n{done.stdout}{done.stderr}")
+    return target
+
+
 def _unique(contestants: dict[str, dict[str, servers.Server]]) -> list[servers.Server]:
     return list({id(s): s for by_model in contestants.values() for s in by_model.values()}.values())
 
@@ -191,7 +219,7 @@ def _agreement(theirs: list[Any], ours: list[Any]) -> float:
 
 def _peer_cell(name, contestants, status, bench: Bench, cell: tuple[str, int, int]) -> list:
     model, rows, conns = cell
-    if name not in contestants:
+    if name not in contestants or model not in contestants[name]:
         return []
     try:
         return [bench.cell(contestants[name][model], model, rows, conns, "peers")]

@@ -212,6 +212,19 @@ def ours(
     return server
 
 
+def naive(workdir: Path, store: Path, workers: int, model: str) -> Server:
+    """bench/naive_app.py (json -> numpy -> predict -> jsonify) on gunicorn's sync workers,
+    serving `model`'s version 1 from the bench store; one server per model."""
+    port = free_port()
+    command = ["--workers", str(workers), "--worker-class", "sync", "--bind", f"127.0.0.1:{port}"]
+    command += ["--worker-tmp-dir", "/dev/shm", "bench.naive_app:app"]
+    artifact = store / model / "1" / "model.joblib"
+    env = clean_env({"PORT": str(port), "NAIVE_MODEL": str(artifact), "OMP_NUM_THREADS": "1"})
+    server = Server(f"naive-{model}", command, env, workdir)
+    server.contestant = "naive-flask"
+    return server
+
+
 def bare(workdir: Path, workers: int) -> Server:
     """bench/bare_app.py with gunicorn's defaults (no ./gunicorn.conf.py in the temp dir)."""
     port = free_port()
