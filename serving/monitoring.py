@@ -53,6 +53,7 @@ MIGRATIONS = [
 BUCKET_SECONDS = 60
 MAX_PENDING_ROWS = 200_000  # rows queued per worker between flushes; beyond: dropped, counted
 PRUNE_INTERVAL = 3600.0
+_YIELD_AFTER = 0.0002  # seconds of binning between two releases of the GIL
 _UPSERT = (
     "INSERT INTO monitor_counts (model, version, bucket, feature, bin, n) VALUES (?,?,?,?,?,?)"
     " ON CONFLICT (model, version, bucket, feature, bin) DO UPDATE SET n = n + excluded.n"
@@ -218,9 +219,17 @@ class Monitor:
                 next_prune = self._clock() + PRUNE_INTERVAL
 
     def accumulate(self) -> int:
-        """Bin every queued request into the in-memory counts; the number of requests."""
-        done = 0
+        """Bin every queued request into the in-memory counts; the number of requests.
+
+        Sleeps briefly every `_YIELD_AFTER` s of work: a request thread waiting for the GIL
+        would otherwise wait for the 5 ms switch interval at each of its system calls (a p99
+        of tens of ms with 100-row requests, whose binning takes longest).
+        """
+        done, since = 0, time.perf_counter()
         while self._queue:
+            if time.perf_counter() - since > _YIELD_AFTER:
+                time.sleep(0)
+                since = time.perf_counter()
             model, version, at, features, predictions, probabilities = self._queue.popleft()
             self._pending_rows -= len(predictions) if predictions is not None else 0
             try:
