@@ -4,6 +4,7 @@ Run: `gunicorn -c gunicorn.conf.py` (what `make run` and the Dockerfile do).
 """
 
 import atexit
+import gc
 import glob
 import multiprocessing
 import os
@@ -125,8 +126,21 @@ def post_worker_init(worker):
     if app is not None and "serving" in getattr(app, "extensions", {}):
         get_state(app).loader.ensure_polling()
         get_prometheus(app).ensure_sampling()
+    # Everything loaded so far (libraries, app, models) lives as long as the worker: move it
+    # out of the garbage collector's sight. A full collection walks every tracked object,
+    # ~150,000 here (~80 ms, the p99 of a request it interrupts); after this it walks only
+    # what requests and later swaps allocate. A swapped-out model is freed by reference
+    # counting as before (frozen objects are not leaked unless they sit in reference cycles).
+    gc.collect()
+    gc.freeze()
     # The app and its models are loaded: from now on this worker accepts connections.
     worker.log.info("worker %s ready", worker.pid)
+
+
+def pre_fork(server, worker):
+    """With preload_app, the master's objects are frozen before the fork: the collector of a
+    worker then never touches (and copies) their pages."""
+    gc.freeze()
 
 
 def child_exit(server, worker):
