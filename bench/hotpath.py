@@ -146,7 +146,9 @@ def parts(app: Any, body: bytes, timer: Timer) -> dict[str, float]:
             "validate+convert (InputSchema.convert)": timer.median_us(
                 lambda: loaded.schema.convert(instances, bools)
             ),
-            "predict (model.predict)": timer.median_us(lambda: loaded.model.predict(features)),
+            f"predict ({loaded.runtime}: runner.predict)": timer.median_us(
+                lambda: loaded.runner.predict(features)
+            ),
         }
         return measured | _after_predict(app, loaded, instances, timer, json_response)
 
@@ -219,12 +221,26 @@ def full_requests(app: Any, body: bytes, timer: Timer) -> dict[str, float]:
     }
 
 
+def _sklearn_us(app: Any, body: bytes, timer: Timer) -> float:
+    """What `model.predict` would cost where a numpy kernel answers instead."""
+    import orjson
+
+    from serving.state import get_state
+
+    loaded = get_state(app).loader.choose("lr", "production").loaded
+    features = loaded.schema.convert(orjson.loads(body)["instances"])
+    return timer.median_us(lambda: loaded.model.predict(features))
+
+
 def breakdown(app: Any, bodies: dict[int, bytes], timer: Timer) -> list[dict[str, Any]]:
     """One row per part, one column per request size (rows_1, rows_100)."""
     columns = {}
     for rows, body in bodies.items():
         measured = parts(app, body, timer)
         measured["sum of the parts"] = round(sum(measured.values()), 1)
+        measured["(not in the sum) scikit-learn's own predict, for comparison"] = _sklearn_us(
+            app, body, timer
+        )
         columns[rows] = {**measured, **full_requests(app, body, timer)}
     names = list(columns[next(iter(columns))])
     return [{"part": n, **{f"rows_{r}": columns[r][n] for r in columns}} for n in names]
