@@ -39,7 +39,7 @@ def main() -> None:
         workdir = Path(tmp)
         env = servers.clean_env()
         store, bodies = fixtures.build(workdir, env)
-        body = bodies[1].read_bytes()
+        body = bodies[("native", 1)].read_bytes()
         artifact = workdir / "lr.joblib"
         for workers in counts:
             rows.append(_naive(workdir, store, workers, body))
