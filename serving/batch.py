@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 from serving import artifacts, batch_io
 from serving.batch_io import ABSENT, STDIO, Decoded, Field, RawChunk, Reading
 from serving.errors import InvalidInput, ModelNotFound, ModelUnavailable
-from serving.loader import LoadedModel
+from serving.loader import LoadedModel, prepare
 from serving.schema import NUMERIC, InputSchema
 from serving.settings import Settings
 from serving.store import DEFAULT_ALIAS, ModelStore
@@ -147,21 +147,12 @@ def load_model(store: ModelStore, name: str, version: int, allow_mismatch: bool)
     metadata = store.read_metadata(name, version)
     try:
         model = artifacts.load_version(store.version_dir(name, version), metadata, allow_mismatch)
-        schema = InputSchema.from_metadata(metadata)
-        sample = metadata.get("sample_input") or []
-        if sample:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model.predict(schema.convert(sample))
-            except Exception as exc:
-                raise artifacts.ModelLoadError(
-                    f"fails on its own sample input: {type(exc).__name__}: {exc}"
-                ) from None
+        # As a server worker: array input and a numpy kernel where they answer the same.
+        schema, runner = prepare(name, version, model, metadata)
     except artifacts.ModelLoadError as exc:
         message = f"model {name!r} version {version} cannot be loaded: {exc.reason}"
         raise ModelUnavailable(message) from None
-    return LoadedModel(name, version, model, metadata, schema, time.monotonic())
+    return LoadedModel(name, version, model, metadata, schema, time.monotonic(), runner)
 
 
 def default_chunk_size(n_features: int, fmt: str = "csv") -> int:
@@ -424,9 +415,12 @@ class Scorer:
         )
 
     def _predict(self, features: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        model = self._loaded.model
-        predictions = np.asarray(model.predict(features))
-        probabilities = np.asarray(model.predict_proba(features)) if self._job.proba else None
+        model = self._loaded.runner  # the model, or a numpy kernel verified to answer the same
+        with warnings.catch_warnings():
+            # A model fitted on a DataFrame and fed the equivalent array (see loader.prepare).
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            predictions = np.asarray(model.predict(features))
+            probabilities = np.asarray(model.predict_proba(features)) if self._job.proba else None
         return predictions, probabilities
 
     def _table(

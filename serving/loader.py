@@ -373,22 +373,9 @@ class ModelLoader:
         folder = self._store.version_dir(name, version)
         metadata = self._store.read_metadata(name, version)
         model = artifacts.load_version(folder, metadata, self._allow_mismatch)
-        schema = InputSchema.from_metadata(metadata)
-        sample = metadata.get("sample_input") or []
-        if sample:  # warm up (first-call costs) and prove it answers before it serves
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    expected = model.predict(schema.convert(sample))
-            except Exception as exc:
-                raise artifacts.ModelLoadError(
-                    f"fails on its own sample input: {type(exc).__name__}: {exc}"
-                ) from None
-            if self._array_input and schema.frame and schema.numeric_only:
-                schema = _array_schema_if_equivalent(model, schema, sample, expected)
-        runner = None
-        if self._kernels and sample and not schema.frame and schema.numeric_only:
-            runner = _verified_kernel(model, metadata, schema, sample, f"{name} v{version}")
+        schema, runner = prepare(
+            name, version, model, metadata, array_input=self._array_input, kernels=self._kernels
+        )
         return LoadedModel(
             name, version, model, metadata, schema, self._clock(), runner, self._cache
         )
@@ -429,6 +416,37 @@ class ModelLoader:
                 self.refresh()
             except Exception:  # the poller must outlive any one bad poll
                 log.exception("model poll failed")
+
+
+def prepare(
+    name: str,
+    version: int,
+    model: Any,
+    metadata: dict[str, Any],
+    array_input: bool = True,
+    kernels: bool = True,
+) -> tuple[InputSchema, Any]:
+    """Prove a loaded model answers its own sample input (and warm it up); choose what the
+    hot path feeds it (array or DataFrame) and what runs it (a verified kernel, or None for
+    the model itself). Raises ModelLoadError. Shared by the server's loader and `batch`."""
+    schema = InputSchema.from_metadata(metadata)
+    sample = metadata.get("sample_input") or []
+    if not sample:
+        return schema, None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = model.predict(schema.convert(sample))
+    except Exception as exc:
+        raise artifacts.ModelLoadError(
+            f"fails on its own sample input: {type(exc).__name__}: {exc}"
+        ) from None
+    if array_input and schema.frame and schema.numeric_only:
+        schema = _array_schema_if_equivalent(model, schema, sample, expected)
+    runner = None
+    if kernels and not schema.frame and schema.numeric_only:
+        runner = _verified_kernel(model, metadata, schema, sample, f"{name} v{version}")
+    return schema, runner
 
 
 def _array_schema_if_equivalent(
