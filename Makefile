@@ -57,7 +57,7 @@ wrk:
 	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 
 # `make bench` (without bench-batch) plus the peers, MLServer and MLflow, measured side by side
-# with ours in the same run: about 14 minutes (BENCH_QUICK=1: about 4), plus a few minutes for
+# with ours in the same run: about 18 minutes (BENCH_QUICK=1: about 5), plus a few minutes for
 # the first install. Each peer is installed from PyPI into its own virtualenv under
 # .bench-venvs/ (pins: bench/requirements-<peer>.txt; never into $(VENV)); a peer that fails to
 # install is reported in the table with the reason (log: .bench-venvs/<peer>.install.log).

@@ -124,6 +124,9 @@ def post_worker_init(worker):
 
     app = getattr(worker, "wsgi", None)
     if app is not None and "serving" in getattr(app, "extensions", {}):
+        # With preload_app the loader was filled in the master, maybe long ago (a worker
+        # recycled by max_requests): catch up with the store before the first request.
+        get_state(app).loader.refresh()
         get_state(app).loader.ensure_polling()
         get_prometheus(app).ensure_sampling()
     # Everything loaded so far (libraries, app, models) lives as long as the worker: move it
