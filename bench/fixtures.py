@@ -47,17 +47,22 @@ def build(workdir: Path, env: dict[str, str]) -> tuple[Path, dict[tuple[str, int
 
     frame, y = training_data()
     store = workdir / "store"
+    reference = workdir / "reference.csv"  # with it, the drift monitor bins every request
+    frame.to_csv(reference, index=False)
     for name, model in train(frame, y).items():
         artifact = workdir / f"{name}.joblib"
         joblib.dump(model, artifact)
-        register(store, name, artifact, env)
+        register(store, name, artifact, env, reference)
     rows = {count: frame.head(count).values.tolist() for count in ROW_COUNTS}
     return store, protocols.write_bodies(workdir, rows, list(frame.columns))
 
 
-def register(store: Path, name: str, artifact: Path, env: dict[str, str]) -> None:
+def register(
+    store: Path, name: str, artifact: Path, env: dict[str, str], reference: Path | None = None
+) -> None:
     argv = [sys.executable, "-m", "serving", "--store", str(store)]
     argv += ["models", "register", name, str(artifact), "--activate"]
+    argv += ["--reference-data", str(reference)] if reference else []
     done = subprocess.run(
         argv, cwd=store.parent, env=env, capture_output=True, text=True, check=False
     )

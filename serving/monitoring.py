@@ -54,6 +54,7 @@ BUCKET_SECONDS = 60
 MAX_PENDING_ROWS = 200_000  # rows queued per worker between flushes; beyond: dropped, counted
 PRUNE_INTERVAL = 3600.0
 _YIELD_AFTER = 0.0002  # seconds of binning between two releases of the GIL
+_MERGE_ROWS = 20_000  # rows binned in one pass at most (bounds one hold of the GIL)
 _UPSERT = (
     "INSERT INTO monitor_counts (model, version, bucket, feature, bin, n) VALUES (?,?,?,?,?,?)"
     " ON CONFLICT (model, version, bucket, feature, bin) DO UPDATE SET n = n + excluded.n"
@@ -221,23 +222,56 @@ class Monitor:
     def accumulate(self) -> int:
         """Bin every queued request into the in-memory counts; the number of requests.
 
-        Sleeps briefly every `_YIELD_AFTER` s of work: a request thread waiting for the GIL
-        would otherwise wait for the 5 ms switch interval at each of its system calls (a p99
-        of tens of ms with 100-row requests, whose binning takes longest).
+        Requests of the same version, minute and shape are binned together, up to
+        `_MERGE_ROWS` rows at a time: one vectorised pass per feature instead of one per
+        request (binning one request alone costs ~300 µs of Python for 20 features; merged,
+        a few µs). Sleeps briefly every `_YIELD_AFTER` s of work: a request thread waiting for
+        the GIL would otherwise wait for the 5 ms switch interval at each of its system calls.
         """
-        done, since = 0, time.perf_counter()
+        groups: dict[tuple[Any, ...], list[tuple[Any, Any, Any]]] = {}
+        done = 0
         while self._queue:
-            if time.perf_counter() - since > _YIELD_AFTER:
-                time.sleep(0)
-                since = time.perf_counter()
             model, version, at, features, predictions, probabilities = self._queue.popleft()
             self._pending_rows -= len(predictions) if predictions is not None else 0
-            try:
-                self._add(model, version, at, features, predictions, probabilities)
-            except Exception:  # an odd input must not kill the monitor: count it and go on
-                log.exception("drift monitor: cannot bin a prediction of %s v%s", model, version)
+            bucket = int(at // BUCKET_SECONDS) * BUCKET_SECONDS
+            shape = (type(features), getattr(features, "shape", (0, 0))[1:], probabilities is None)
+            groups.setdefault((model, version, bucket, shape), []).append(
+                (features, predictions, probabilities)
+            )
             done += 1
+        since = time.perf_counter()
+        for (model, version, bucket, _), items in groups.items():
+            for batch in _batches(items):
+                if time.perf_counter() - since > _YIELD_AFTER:
+                    time.sleep(0)
+                    since = time.perf_counter()
+                self._add_merged(model, version, bucket, batch)
         return done
+
+    def _add_merged(
+        self, model: str, version: int, bucket: float, batch: list[tuple[Any, Any, Any]]
+    ) -> None:
+        try:
+            merged = _merge(batch)
+        except Exception:  # shapes that do not stack: one request at a time
+            for features, predictions, probabilities in batch:
+                self._add_logged(model, version, bucket, features, predictions, probabilities)
+            return
+        self._add_logged(model, version, bucket, *merged)
+
+    def _add_logged(
+        self,
+        model: str,
+        version: int,
+        at: float,
+        features: Any,
+        predictions: Any,
+        probabilities: Any,
+    ) -> None:
+        try:
+            self._add(model, version, at, features, predictions, probabilities)
+        except Exception:  # an odd input must not kill the monitor: count it and go on
+            log.exception("drift monitor: cannot bin a prediction of %s v%s", model, version)
 
     def flush(self) -> int:
         """Bin the queues and add the counts to the store in one transaction; rows written."""
@@ -336,6 +370,43 @@ class Monitor:
             _add_numeric(
                 counts, (*base, CONFIDENCE), confidence, profile.confidence_edges, None, None
             )
+
+
+def _batches(items: list[tuple[Any, Any, Any]]) -> Any:
+    """`items` in runs of at most `_MERGE_ROWS` predicted rows (and at least one item)."""
+    batch: list[tuple[Any, Any, Any]] = []
+    rows = 0
+    for item in items:
+        n = len(item[1]) if item[1] is not None else 0
+        if batch and rows + n > _MERGE_ROWS:
+            yield batch
+            batch, rows = [], 0
+        batch.append(item)
+        rows += n
+    if batch:
+        yield batch
+
+
+def _merge(batch: list[tuple[Any, Any, Any]]) -> tuple[Any, Any, Any]:
+    """One (features, predictions, probabilities) for requests of the same shape."""
+    if len(batch) == 1:
+        return batch[0]
+    features = [f for f, _, _ in batch]
+    if features[0] is None:
+        merged = None
+    elif isinstance(features[0], np.ndarray):
+        merged = np.concatenate(features)
+    elif isinstance(features[0], pd.DataFrame):
+        merged = pd.concat(features, ignore_index=True)
+    else:
+        raise TypeError(f"cannot merge {type(features[0]).__name__}")
+    if any(p is None for _, p, _ in batch):
+        raise TypeError("a request without predictions")
+    predictions = np.concatenate([np.asarray(p) for _, p, _ in batch])
+    probabilities = None
+    if batch[0][2] is not None:
+        probabilities = np.concatenate([np.asarray(p, dtype=np.float64) for _, _, p in batch])
+    return merged, predictions, probabilities
 
 
 def _column(features: Any, j: int) -> Any:
