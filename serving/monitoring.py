@@ -54,6 +54,7 @@ BUCKET_SECONDS = 60
 MAX_PENDING_ROWS = 200_000  # rows queued per worker between flushes; beyond: dropped, counted
 PRUNE_INTERVAL = 3600.0
 _YIELD_AFTER = 0.0002  # seconds of binning between two releases of the GIL
+_BIN_INTERVAL = 0.25  # seconds between two binnings of the queue (memory: inputs held until then)
 _MERGE_ROWS = 20_000  # rows binned in one pass at most (bounds one hold of the GIL)
 _UPSERT = (
     "INSERT INTO monitor_counts (model, version, bucket, feature, bin, n) VALUES (?,?,?,?,?,?)"
@@ -212,8 +213,16 @@ class Monitor:
                 self.flush()
 
     def _run(self) -> None:
+        """Bin the queue every `_BIN_INTERVAL` s (so it holds well under a second of requests'
+        inputs, not a flush interval's worth) and write the counts every `flush_interval` s."""
         next_prune = self._clock()
-        while not self._stop.wait(self.flush_interval):
+        next_flush = time.monotonic() + self.flush_interval
+        while not self._stop.wait(min(_BIN_INTERVAL, self.flush_interval)):
+            if time.monotonic() < next_flush:
+                with self._flush_lock:
+                    self.accumulate()
+                continue
+            next_flush = time.monotonic() + self.flush_interval
             self.flush()
             if self._clock() >= next_prune:
                 self.prune()

@@ -13,6 +13,7 @@ when its primary is, and every worker samples the same ids.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -98,7 +99,7 @@ class SQLiteRecorder(Recorder):
         sample: float = 1.0,
         retention_days: float = 7.0,
         max_rows: int = 1_000_000,
-        input_rows: int = 100,
+        input_rows: int = 10,
         queue_size: int = QUEUE_SIZE,
         flush_interval: float = FLUSH_INTERVAL,
         prune_interval: float = PRUNE_INTERVAL,
@@ -135,6 +136,10 @@ class SQLiteRecorder(Recorder):
         if len(self._queue) >= self._queue_size:
             self.dropped += 1
             return
+        inputs = record.inputs
+        if inputs is not None and len(inputs) > self._input_rows:
+            # Hold only what will be written: not a 100-row batch's inputs until the flush.
+            record = dataclasses.replace(record, inputs=inputs[: self._input_rows] or None)
         self._queue.append(record)
 
     # -- the writer ------------------------------------------------------------------------

@@ -47,7 +47,7 @@ class Settings:
     log_sample: float = 1.0
     log_retention_days: float = 7.0
     log_max_rows: int = 1_000_000
-    log_input_rows: int = 100
+    log_input_rows: int = 10
     # Drift monitoring: each worker flushes its live counts every `monitor_flush` s (0: off);
     # PSI at or above `drift_warn` / `drift_alert` marks a feature warn / alert.
     monitor_flush: float = 5.0
@@ -84,7 +84,7 @@ class Settings:
                 "SERVING_LOG_RETENTION_DAYS", 7.0, low=0.001, high=3650
             ),
             log_max_rows=reader.integer("SERVING_LOG_MAX_ROWS", 1_000_000, low=1),
-            log_input_rows=reader.integer("SERVING_LOG_INPUT_ROWS", 100, low=0),
+            log_input_rows=reader.integer("SERVING_LOG_INPUT_ROWS", 10, low=0),
             monitor_flush=reader.number("SERVING_MONITOR_FLUSH", 5.0, low=0.0, high=3600),
             drift_warn=reader.number("SERVING_DRIFT_WARN", 0.1, low=0.0, high=100),
             drift_alert=reader.number("SERVING_DRIFT_ALERT", 0.25, low=0.0, high=100),
