@@ -101,16 +101,7 @@ class PeerServer(Server):
         self.config: dict[str, Any] = {}
 
     def start(self, workers: int, timeout: float = 120.0) -> Server:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # one process group: stopped as a whole
-            )
+        self.spawn(start_new_session=True)  # one process group: stopped as a whole
         deadline = time.monotonic() + timeout
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:

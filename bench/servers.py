@@ -87,15 +87,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def start(self, workers: int, timeout: float = 90.0) -> Server:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.spawn()
         deadline = time.monotonic() + timeout
         while not self._up(workers):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -104,6 +96,19 @@ class Server:
             time.sleep(0.2)
         self.idle_memory = self.memory()
         return self
+
+    def spawn(self, **popen: Any) -> None:
+        """Start the command, its output appended to `self.log`; `popen`: more Popen options."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                **popen,
+            )
 
     def _up(self, workers: int) -> bool:
         return self._ready() and len(self.workers()) == workers

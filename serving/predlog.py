@@ -205,7 +205,7 @@ class SQLiteRecorder(Recorder):
         waiting for the GIL would otherwise wait up to the 5 ms switch interval."""
         rows, since = [], time.perf_counter()
         for record in batch:
-            rows.append(_to_row(record, self._input_rows))
+            rows.append(_to_row(record))
             if time.perf_counter() - since > _YIELD_AFTER:
                 time.sleep(0)
                 since = time.perf_counter()
@@ -299,10 +299,8 @@ def _delete_chunked(datastore: DataStore, sql: str, bound: float) -> int:
             return total
 
 
-def _to_row(record: PredictionRecord, input_rows: int) -> tuple[Any, ...]:
-    inputs = record.inputs
-    if inputs is not None and len(inputs) > input_rows:
-        inputs = inputs[:input_rows] if input_rows > 0 else None
+def _to_row(record: PredictionRecord) -> tuple[Any, ...]:
+    """The INSERT parameters of a record (`record()` already cut its inputs to size)."""
     return (
         record.request_id,
         record.at,
@@ -314,7 +312,7 @@ def _to_row(record: PredictionRecord, input_rows: int) -> tuple[Any, ...]:
         record.status,
         record.latency_ms,
         record.rows,
-        to_json(inputs),
+        to_json(record.inputs),
         to_json(record.outputs),
     )
 

@@ -10,15 +10,14 @@ import time
 from pathlib import Path
 
 from flask import Blueprint, Response, request, send_from_directory
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, RAISE, Schema, fields, validate
 
-from serving.api.jsonio import json_response
-from serving.api.monitoring import HistogramSchema
+from serving.api.jsonio import json_response, load_query
+from serving.api.monitoring import HistogramSchema, monitored_datastore
 from serving.api.openapi import doc
 from serving.api.schemas import ErrorSchema
 from serving.dashboard import build_dashboard
-from serving.datastore import WINDOW_RE, DataStore, parse_window
-from serving.errors import InvalidInput
+from serving.datastore import WINDOW_RE, parse_window
 from serving.monitoring import get_monitor
 from serving.state import get_state
 from serving.store import NAME_RE
@@ -188,16 +187,9 @@ _QUERY = DashboardQuerySchema()
 )
 def dashboard_data() -> Response:
     state = get_state()
-    try:
-        query = _QUERY.load(request.args.to_dict())
-    except ValidationError as err:
-        raise InvalidInput("bad query parameters", err.messages_dict) from None
+    query = load_query(_QUERY, request)
     seconds = parse_window(query["window"])
-    monitor = get_monitor()
-    if monitor is not None:
-        monitor.flush()  # this worker's latest requests count too
-    datastore = monitor.datastore if monitor is not None else DataStore(state.settings.data_dir)
-    try:
+    with monitored_datastore() as datastore:
         body = build_dashboard(
             datastore,
             state.store,
@@ -208,10 +200,7 @@ def dashboard_data() -> Response:
             state.settings.drift_alert,
             query["model"],
         )
-    finally:
-        if monitor is None:
-            datastore.close()
-    body["monitoring"] = monitor is not None
+    body["monitoring"] = get_monitor() is not None
     return json_response(body, headers={"Cache-Control": "no-store"})
 
 

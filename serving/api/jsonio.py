@@ -7,8 +7,9 @@ from typing import Any
 
 import orjson
 from flask import Request, Response, g
+from marshmallow import Schema, ValidationError
 
-from serving.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
+from serving.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
 
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _JSON_TYPES = ("application/json",)
@@ -72,6 +73,14 @@ def _lenient_loads(body: bytes) -> Any:
         raise MalformedRequest(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise MalformedRequest("malformed JSON: nested too deeply") from None
+
+
+def load_query(schema: Schema, request: Request) -> dict[str, Any]:
+    """The query string through `schema`, or InvalidInput (a 422) naming each bad parameter."""
+    try:
+        return schema.load(request.args.to_dict())  # type: ignore[no-any-return]
+    except ValidationError as err:
+        raise InvalidInput("bad query parameters", err.messages_dict) from None
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

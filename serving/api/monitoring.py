@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 from flask import Blueprint, Response, request
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, fields, validate
 
-from serving.api.jsonio import json_response
+from serving.api.jsonio import json_response, load_query
 from serving.api.openapi import doc
 from serving.api.schemas import ErrorSchema
 from serving.datastore import WINDOW_RE, DataStore, parse_window
-from serving.errors import InvalidInput
 from serving.monitoring import build_report, get_monitor
 from serving.state import get_state
 
 bp = Blueprint("monitoring", __name__, url_prefix="/v1")
+
+
+@contextlib.contextmanager
+def monitored_datastore() -> Iterator[DataStore]:
+    """The store the drift monitor writes, flushed first so this worker's latest requests
+    count too; with monitoring off, the data directory's store, opened for this request."""
+    monitor = get_monitor()
+    if monitor is not None:
+        monitor.flush()
+        yield monitor.datastore
+        return
+    datastore = DataStore(get_state().settings.data_dir)
+    try:
+        yield datastore
+    finally:
+        datastore.close()
 
 
 class MonitoringQuerySchema(Schema):
@@ -126,19 +143,10 @@ _QUERY = MonitoringQuerySchema()
 )
 def monitoring_report(name: str) -> Response:
     state = get_state()
-    try:
-        query = _QUERY.load(request.args.to_dict())
-    except ValidationError as err:
-        raise InvalidInput("bad query parameters", err.messages_dict) from None
+    query = load_query(_QUERY, request)
     seconds = parse_window(query["window"])
-    monitor = get_monitor()
-    if monitor is not None:
-        monitor.flush()  # this worker's latest predictions count too
-        datastore = monitor.datastore
-    else:
-        datastore = DataStore(state.settings.data_dir)
     settings = state.settings
-    try:
+    with monitored_datastore() as datastore:
         body = build_report(
             datastore,
             state.store,
@@ -150,9 +158,6 @@ def monitoring_report(name: str) -> Response:
             settings.drift_warn,
             settings.drift_alert,
         )
-    finally:
-        if monitor is None:
-            datastore.close()
     for feature in body["features"]:
         if feature["psi"] is not None:
             state.metrics.set_drift(name, body["version"], feature["name"], feature["psi"])
