@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from serving.logs import logging_config
+from serving.telemetry.logs import logging_config
 
 # --- BLAS/OpenMP threads ----------------------------------------------------------------------
 # One thread per worker: N workers x M BLAS threads would oversubscribe the cores. Set here,
@@ -120,7 +120,7 @@ def post_worker_init(worker):
     """Start the model poll and metrics sampler threads in the worker (never in the master:
     threads die at fork)."""
     from serving.api.prometheus import get_prometheus
-    from serving.state import get_state
+    from serving.api.state import get_state
 
     app = getattr(worker, "wsgi", None)
     if app is not None and "serving" in getattr(app, "extensions", {}):
@@ -156,7 +156,7 @@ def child_exit(server, worker):
 
 def worker_exit(server, worker):
     """Stop the poll thread and close the StatsD socket of a worker that leaves cleanly."""
-    from serving.state import get_state
+    from serving.api.state import get_state
 
     app = getattr(worker, "wsgi", None)
     if app is not None and "serving" in getattr(app, "extensions", {}):

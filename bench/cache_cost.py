@@ -4,7 +4,7 @@
 
 Builds an app with `create_app(Settings(...))` over a temp store holding the bench's `lr`
 Pipeline (20 named features, StandardScaler + LogisticRegression) and, per row count, times:
-  - off:  `serving.predict.predict` with SERVING_PREDICTION_CACHE=0, against `_compute` (the
+  - off:  `serving.runtime.predict.predict` with SERVING_PREDICTION_CACHE=0, against `_compute` (the
           prediction without the cache check), called alternately: the difference is what the
           cache costs when it is off;
   - miss: the cache on, a different input every call (key, lookup, model, store);
@@ -64,7 +64,7 @@ def wsgi_call(app: Any, body: bytes) -> None:
 
 
 def measure(apps: dict[int, Any], off: Any, on: Any, rows: int, rng: Any, n: int) -> dict:
-    from serving import predict as core
+    from serving.runtime import predict as core
 
     same = rng.normal(size=(rows, 20)).tolist()
     fresh = [rng.normal(size=(rows, 20)).tolist() for _ in range(2 * (n + 50))]
@@ -107,9 +107,9 @@ def main() -> None:
     import logging
 
     from bench.fixtures import build
+    from serving.api.state import get_state
     from serving.app import create_app
     from serving.settings import Settings
-    from serving.state import get_state
 
     logging.disable(logging.CRITICAL)  # the request log line is not what is measured here
     out: dict[str, Any] = {}

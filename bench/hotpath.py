@@ -63,7 +63,7 @@ def make_app(store: Path, statsd_port: int, data_dir: Path) -> Any:
         data_dir=data_dir,
         start_poller=False,
     )
-    app = create_app(settings)  # configures the JSON logging of serving.logs
+    app = create_app(settings)  # configures the JSON logging of serving.telemetry.logs
     devnull = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     for handler in logging.getLogger().handlers:
         handler.setStream(devnull)  # type: ignore[attr-defined]
@@ -76,7 +76,7 @@ def floor(app: Any, bodies: dict[int, bytes], timer: Timer) -> list[dict[str, An
     import pandas as pd
 
     from bench.fixtures import MODELS
-    from serving.state import get_state
+    from serving.api.state import get_state
 
     out = []
     for name in MODELS:
@@ -131,7 +131,7 @@ def parts(app: Any, body: bytes, timer: Timer) -> dict[str, float]:
     """Each part of one predict request on the LR model, in the order the server runs them."""
     from serving.api.jsonio import json_response, read_json
     from serving.api.schemas import PredictRequestSchema
-    from serving.state import get_state
+    from serving.api.state import get_state
 
     loader, envelope = get_state(app).loader, PredictRequestSchema()
     loaded = loader.choose("lr", "production", None).loaded
@@ -157,10 +157,10 @@ def _after_predict(
     app: Any, loaded: Any, instances: list[Any], timer: Timer, json_response: Any
 ) -> dict[str, float]:
     """What follows the model: the response body, then the after-request bookkeeping."""
-    from serving.monitoring import get_monitor
-    from serving.predict import predict
-    from serving.recorder import PredictionRecord
-    from serving.state import get_state
+    from serving.api.state import get_state
+    from serving.monitoring.monitor import get_monitor
+    from serving.runtime.predict import predict
+    from serving.telemetry.recorder import PredictionRecord
 
     state, log = get_state(app), logging.getLogger("serving.request")
     monitor = get_monitor(app)
@@ -228,7 +228,7 @@ def _sklearn_us(app: Any, body: bytes, timer: Timer) -> float:
     """What `model.predict` would cost where a numpy kernel answers instead."""
     import orjson
 
-    from serving.state import get_state
+    from serving.api.state import get_state
 
     loaded = get_state(app).loader.choose("lr", "production").loaded
     features = loaded.schema.convert(orjson.loads(body)["instances"])
@@ -240,9 +240,9 @@ def _binning_us(app: Any, body: bytes) -> float:
     mean over 2,000 queued requests), off the request path."""
     import orjson
 
-    from serving.monitoring import get_monitor
-    from serving.predict import predict
-    from serving.state import get_state
+    from serving.api.state import get_state
+    from serving.monitoring.monitor import get_monitor
+    from serving.runtime.predict import predict
 
     monitor = get_monitor(app)
     assert monitor is not None

@@ -26,7 +26,7 @@ BATCH = 100
 
 def measure(batches: int) -> dict[str, float]:
     """Median and p90 microseconds per request in this process's mode."""
-    from serving.prom import PrometheusMetrics
+    from serving.telemetry.prometheus import PrometheusMetrics
 
     metrics = PrometheusMetrics()
     counts = [("setosa", 1)]

@@ -4,9 +4,9 @@
 
 Trains a few MLPClassifier Pipelines (StandardScaler + MLP, features x hidden layers) and a
 LogisticRegression on 1,000 features, registers each in a temp store and runs the real verb
-(`serving.compile.optimize`, with and without `QuantGate`). For every model: artifact sizes, the
-gate's measured figures, and the median time of the serving object (`OnnxModel.predict_proba`,
-which casts the float64 rows to float32 as the server does) on 1 and 100 rows, FP32 vs int8,
+(`serving.compile.onnx.optimize`, with and without `QuantGate`). For every model: artifact
+sizes, the gate's measured figures, and the median time of the serving object
+(`OnnxModel.predict_proba`, which casts the float64 rows to float32 as the server does) on 1 and 100 rows, FP32 vs int8,
 plus scikit-learn's own `predict_proba` for scale. Prints a table; writes
 bench/results/quantize.json (git-ignored).
 """
@@ -80,11 +80,11 @@ def train(features: int, hidden: tuple[int, ...] | None, root: Path) -> tuple[Pa
 
 
 def measure(name: str, features: int, hidden: Any, root: Path, budget_s: float) -> dict[str, Any]:
-    from serving import artifacts
-    from serving.compile import OnnxModel, optimize
+    from serving.compile.onnx import OnnxModel, optimize
+    from serving.compile.quantize import QuantGate, quantize_model
     from serving.errors import StoreError
-    from serving.quantize import QuantGate, quantize_model
-    from serving.store import ModelStore
+    from serving.store import artifacts
+    from serving.store.model_store import ModelStore
 
     store = ModelStore(root / "store")
     artifact, reference = train(features, hidden, root)

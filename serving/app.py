@@ -22,15 +22,15 @@ from serving.api import (
     v2,
 )
 from serving.api import monitoring as monitoring_api
-from serving.cache import PredictionCache
-from serving.loader import ModelLoader
-from serving.logs import init_logging
-from serving.metrics import MetricsGroup, make_metrics
-from serving.monitoring import init_monitor
-from serving.predlog import make_recorder
+from serving.api.state import EXTENSION, ServingState
+from serving.monitoring.monitor import init_monitor
+from serving.runtime.cache import PredictionCache
+from serving.runtime.loader import ModelLoader
 from serving.settings import Settings
-from serving.state import EXTENSION, ServingState
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
+from serving.telemetry.logs import init_logging
+from serving.telemetry.metrics import MetricsGroup, make_metrics
+from serving.telemetry.predlog import make_recorder
 
 
 def create_app(settings: Settings | None = None) -> Flask:

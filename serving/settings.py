@@ -37,7 +37,7 @@ class Settings:
     # shows identical answers on the sample input (about 3x less scikit-learn overhead per call).
     array_input: bool = True
     # Answer linear pipelines (StandardScaler + LogisticRegression, Ridge...) with a numpy
-    # kernel when it gives the model's answers on check rows at load time (serving.kernels).
+    # kernel when it gives the model's answers on check rows at load time (serving.runtime.kernels).
     fast_kernels: bool = True
     # The prediction log (feedback, A/B reports): SQLite under this directory, shared by the
     # workers. `log_sample` is the share of requests logged (0 turns the log off); rows older

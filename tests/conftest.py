@@ -19,10 +19,10 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from serving.api.state import get_state
 from serving.app import create_app
 from serving.settings import Settings
-from serving.state import get_state
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 

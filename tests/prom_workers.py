@@ -15,7 +15,7 @@ import os
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from serving.prom import PrometheusMetrics
+from serving.telemetry.prometheus import PrometheusMetrics
 
 
 def _worker(metrics: PrometheusMetrics, oks: int, errors: int) -> None:

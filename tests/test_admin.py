@@ -12,8 +12,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from serving.state import get_state
-from serving.store import ModelStore
+from serving.api.state import get_state
+from serving.store.model_store import ModelStore
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sklearn.neural_network import MLPClassifier
 
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
 from tests.conftest import IRIS_ROW
 
 IRIS_NAMES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]

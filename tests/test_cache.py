@@ -12,14 +12,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from serving.cache import MAX_ROWS, PredictionCache, make_key
+from serving.api.state import get_state
 from serving.errors import ConfigError
-from serving.loader import ModelLoader
-from serving.metrics import Metrics
-from serving.predict import PredictionResult, predict
+from serving.runtime.cache import MAX_ROWS, PredictionCache, make_key
+from serving.runtime.loader import ModelLoader
+from serving.runtime.predict import PredictionResult, predict
 from serving.settings import Settings
-from serving.state import get_state
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
+from serving.telemetry.metrics import Metrics
 from tests.conftest import IRIS_ROW
 from tests.test_prometheus import samples_of, value
 

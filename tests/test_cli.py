@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

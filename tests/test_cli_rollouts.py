@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("sklearn", "pandas", "flask", "numpy", "joblib")
@@ -156,7 +156,7 @@ def test_rollout_verbs_import_neither_scikit_learn_nor_flask(iris: ModelStore) -
     ]
     program = (
         "import sys\n"
-        "from serving.cli import main\n"
+        "from serving.cli.main import main\n"
         f"for verb in {verbs!r}:\n"
         f"    assert main(['--store', {str(iris.root)!r}, *verb]) == 0, verb\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"

@@ -13,12 +13,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from serving import traffic
 from serving.api.dashboard import WEB
-from serving.cli import main
-from serving.datastore import DataStore
-from serving.monitoring import COMPONENT, MIGRATIONS, Monitor, get_monitor
-from serving.store import ModelStore
+from serving.cli.main import main
+from serving.monitoring import traffic
+from serving.monitoring.monitor import COMPONENT, MIGRATIONS, Monitor, get_monitor
+from serving.store.model_store import ModelStore
+from serving.telemetry.datastore import DataStore
 from tests.conftest import IRIS_ROW
 from tests.test_prometheus import scrape
 

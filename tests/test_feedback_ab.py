@@ -15,15 +15,15 @@ from flask import Flask
 from flask.testing import FlaskClient
 from scipy import stats
 
-from serving import abtest
 from serving.api.feedback import ABReportSchema, FeedbackResponseSchema
-from serving.cli import main
-from serving.datastore import DataStore
-from serving.predlog import Feedback, SQLiteRecorder, WindowRows, store_feedback
-from serving.recorder import PredictionRecord
+from serving.api.state import get_state
+from serving.cli.main import main
+from serving.rollouts import abtest
 from serving.settings import Settings
-from serving.state import get_state
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
+from serving.telemetry.datastore import DataStore
+from serving.telemetry.predlog import Feedback, SQLiteRecorder, WindowRows, store_feedback
+from serving.telemetry.recorder import PredictionRecord
 from tests.conftest import IRIS_ROW
 
 NOW = 1_800_000_000.0

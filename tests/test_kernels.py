@@ -19,10 +19,10 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge, SG
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
-from serving import kernels
-from serving.loader import ModelLoader
-from serving.metrics import Metrics
-from serving.store import ModelStore
+from serving.runtime import kernels
+from serving.runtime.loader import ModelLoader
+from serving.store.model_store import ModelStore
+from serving.telemetry.metrics import Metrics
 
 
 def _frame(x: np.ndarray) -> pd.DataFrame:
@@ -154,7 +154,7 @@ def test_loader_refuses_a_kernel_that_answers_differently(
 
     monkeypatch.setattr(kernels, "compile_linear", broken)
     loader = ModelLoader(linear_store, Metrics())
-    with caplog.at_level(logging.WARNING, logger="serving.loader"):
+    with caplog.at_level(logging.WARNING, logger="serving.runtime.loader"):
         loader.refresh()
     loaded = loader.resolve("spam")
     assert loaded.runtime == "sklearn"  # still served, by scikit-learn

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from serving.errors import ModelNotFound, ModelUnavailable
-from serving.loader import ModelLoader
-from serving.metrics import Metrics
-from serving.store import ModelStore
+from serving.runtime.loader import ModelLoader
+from serving.store.model_store import ModelStore
+from serving.telemetry.metrics import Metrics
 
 
 class FakeClock:
@@ -125,7 +125,7 @@ def test_bad_new_version_never_replaces_the_serving_one(
     loader.refresh()
     damage(store.version_dir("iris", 2))  # type: ignore[operator]
     store.promote("iris", 2, actor="t")
-    with caplog.at_level(logging.ERROR, logger="serving.loader"):
+    with caplog.at_level(logging.ERROR, logger="serving.runtime.loader"):
         loader.refresh()
     assert loader.resolve("iris").version == 1
     problem = loader.states()["iris"].problems["production"]

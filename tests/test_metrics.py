@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from flask import Flask
 
-from serving.metrics import StatsdMetrics, metric_part
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
+from serving.telemetry.metrics import StatsdMetrics, metric_part
 from tests.conftest import IRIS_ROW
 
 

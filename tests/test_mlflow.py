@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]

@@ -15,12 +15,12 @@ import pytest
 from flask import Flask
 from sklearn.linear_model import LogisticRegression
 
-from serving import drift
-from serving.cli import main
-from serving.datastore import DataStore
-from serving.monitoring import Monitor, get_monitor, live_counts
-from serving.reference import numeric_histogram
-from serving.store import ModelStore
+from serving.cli.main import main
+from serving.monitoring import drift
+from serving.monitoring.monitor import Monitor, get_monitor, live_counts
+from serving.store.model_store import ModelStore
+from serving.store.reference import numeric_histogram
+from serving.telemetry.datastore import DataStore
 
 FEATURES = ["f0", "f1", "f2", "f3"]
 MEANS = np.array([0.0, 5.0, -3.0, 10.0])

@@ -14,10 +14,10 @@ from flask import Flask
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import load_iris
 
-from serving import compile as onnx_compile
-from serving.cli import main
-from serving.compile import ABS_TOL, REL_TOL
-from serving.store import ModelStore
+from serving.cli.main import main
+from serving.compile import onnx as onnx_compile
+from serving.compile.onnx import ABS_TOL, REL_TOL
+from serving.store.model_store import ModelStore
 from tests.conftest import IRIS_ROW
 
 ROWS = [IRIS_ROW, [6.7, 3.0, 5.2, 2.3], [5.9, 2.8, 4.4, 1.4], [6.3, 2.7, 4.9, 1.6]]

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from flask import Flask
 
-from serving.datastore import DataStore, DataStoreError, parse_window
+from serving.api.state import get_state
 from serving.errors import ConfigError, InvalidInput
-from serving.predlog import MIGRATIONS, Feedback, SQLiteRecorder, sampled, store_feedback
-from serving.recorder import PredictionRecord, Recorder
 from serving.settings import Settings
-from serving.state import get_state
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
+from serving.telemetry.datastore import DataStore, DataStoreError, parse_window
+from serving.telemetry.predlog import MIGRATIONS, Feedback, SQLiteRecorder, sampled, store_feedback
+from serving.telemetry.recorder import PredictionRecord, Recorder
 from tests.conftest import IRIS_ROW
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,9 +203,9 @@ _WRITER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from serving.datastore import DataStore
-    from serving.predlog import SQLiteRecorder
-    from serving.recorder import PredictionRecord
+    from serving.telemetry.datastore import DataStore
+    from serving.telemetry.predlog import SQLiteRecorder
+    from serving.telemetry.recorder import PredictionRecord
 
     data_dir, tag, n, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
     recorder = SQLiteRecorder(DataStore(data_dir), flush_interval=0.005, queue_size=n)

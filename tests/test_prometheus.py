@@ -15,8 +15,8 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from serving.state import get_state
-from serving.store import ModelStore
+from serving.api.state import get_state
+from serving.store.model_store import ModelStore
 from tests.conftest import IRIS_ROW
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,9 +16,9 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from serving import compile as onnx_compile
-from serving.cli import main
-from serving.store import ModelStore
+from serving.cli.main import main
+from serving.compile import onnx as onnx_compile
+from serving.store.model_store import ModelStore
 
 
 def _optimize(store: ModelStore, name: str, version: int, *flags: str) -> int:

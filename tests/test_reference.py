@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.reference import numeric_histogram
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
+from serving.store.reference import numeric_histogram
 
 
 def test_numeric_features_get_quantile_bins_that_sum_to_one(

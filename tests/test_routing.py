@@ -11,10 +11,10 @@ import pytest
 from flask import Flask
 
 from serving.errors import StoreError
-from serving.loader import ModelLoader
-from serving.metrics import Metrics
-from serving.routing import Route, parse_weights
-from serving.store import ModelStore
+from serving.rollouts.routing import Route, parse_weights
+from serving.runtime.loader import ModelLoader
+from serving.store.model_store import ModelStore
+from serving.telemetry.metrics import Metrics
 from tests.conftest import IRIS_ROW
 
 

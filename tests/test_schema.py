@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from serving.errors import InvalidInput
-from serving.schema import CATEGORICAL, NUMERIC, InputSchema
+from serving.features.schema import CATEGORICAL, NUMERIC, InputSchema
 
 
 def _numeric(frame: bool = False) -> InputSchema:

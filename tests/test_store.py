@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from serving.errors import ModelNotFound, StoreError, VersionNotFound
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
 
 
 def test_register_writes_version_folder_with_metadata(

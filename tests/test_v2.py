@@ -16,7 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
 from tests.conftest import IRIS_ROW
 
 INFER = "/v2/models/iris/infer"

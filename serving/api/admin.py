@@ -26,8 +26,8 @@ from serving.api.schemas import (
     RouteRequestSchema,
     ShadowRequestSchema,
 )
+from serving.api.state import get_state
 from serving.errors import Forbidden, InvalidInput, ModelNotFound, Unauthorized
-from serving.state import get_state
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 _SECURITY = [{"bearer": []}]

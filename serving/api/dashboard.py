@@ -16,11 +16,11 @@ from serving.api.jsonio import json_response, load_query
 from serving.api.monitoring import HistogramSchema, monitored_datastore
 from serving.api.openapi import doc
 from serving.api.schemas import ErrorSchema
-from serving.dashboard import build_dashboard
-from serving.datastore import WINDOW_RE, parse_window
-from serving.monitoring import get_monitor
-from serving.state import get_state
-from serving.store import NAME_RE
+from serving.api.state import get_state
+from serving.monitoring.dashboard import build_dashboard
+from serving.monitoring.monitor import get_monitor
+from serving.store.model_store import NAME_RE
+from serving.telemetry.datastore import WINDOW_RE, parse_window
 
 bp = Blueprint("dashboard", __name__)
 WEB = Path(__file__).resolve().parent.parent / "web"

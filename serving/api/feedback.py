@@ -14,15 +14,15 @@ from typing import Any
 from flask import Blueprint, Response, request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from serving.abtest import build_report
 from serving.api.jsonio import json_response, read_json
 from serving.api.openapi import doc
 from serving.api.schemas import ErrorSchema
-from serving.datastore import WINDOW_RE, parse_window
+from serving.api.state import get_state
 from serving.errors import InvalidInput, ModelNotFound
-from serving.predlog import Feedback, PredictionLogOff, SQLiteRecorder
-from serving.state import get_state
-from serving.store import DEFAULT_ALIAS, NAME_RE
+from serving.rollouts.abtest import build_report
+from serving.store.model_store import DEFAULT_ALIAS, NAME_RE
+from serving.telemetry.datastore import WINDOW_RE, parse_window
+from serving.telemetry.predlog import Feedback, PredictionLogOff, SQLiteRecorder
 
 bp = Blueprint("feedback", __name__, url_prefix="/v1")
 MAX_FEEDBACK_ITEMS = 1000

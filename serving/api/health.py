@@ -7,7 +7,7 @@ from flask import Blueprint, Response
 from serving.api.jsonio import json_response
 from serving.api.openapi import doc
 from serving.api.schemas import HealthSchema
-from serving.state import get_state
+from serving.api.state import get_state
 
 bp = Blueprint("health", __name__, url_prefix="/health")
 

@@ -10,9 +10,9 @@ import uuid
 from flask import Flask, Response, request
 from flask import g as _g
 
-from serving.monitoring import count_traffic, observe
-from serving.recorder import PredictionRecord
-from serving.state import get_state
+from serving.api.state import get_state
+from serving.monitoring.monitor import count_traffic, observe
+from serving.telemetry.recorder import PredictionRecord
 
 log = logging.getLogger("serving.request")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, request
 
-from serving import mlflow_format
 from serving.api.jsonio import _read_body, json_response, read_json, record_prediction
 from serving.api.openapi import VERSION, doc
+from serving.api.state import ServingState, get_state
 from serving.errors import ModelNotFound, ServingError, UnsupportedMediaType
-from serving.loader import LoadedModel
-from serving.predict import PredictionResult, predict, predict_array
-from serving.state import ServingState, get_state
-from serving.store import DEFAULT_ALIAS
+from serving.protocols import mlflow as mlflow_format
+from serving.runtime.loader import LoadedModel
+from serving.runtime.predict import PredictionResult, predict, predict_array
+from serving.store.model_store import DEFAULT_ALIAS
 
 # Failures on these paths are rendered in MLflow's error shape (see api/errors.py).
 PATHS = frozenset({"/invocations", "/ping", "/health", "/version"})

@@ -12,9 +12,9 @@ from marshmallow import RAISE, Schema, fields, validate
 from serving.api.jsonio import json_response, load_query
 from serving.api.openapi import doc
 from serving.api.schemas import ErrorSchema
-from serving.datastore import WINDOW_RE, DataStore, parse_window
-from serving.monitoring import build_report, get_monitor
-from serving.state import get_state
+from serving.api.state import get_state
+from serving.monitoring.monitor import build_report, get_monitor
+from serving.telemetry.datastore import WINDOW_RE, DataStore, parse_window
 
 bp = Blueprint("monitoring", __name__, url_prefix="/v1")
 

@@ -19,7 +19,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from serving.api import schemas
 from serving.api.jsonio import json_response
-from serving.store import NAME_RE
+from serving.store.model_store import NAME_RE
 
 VERSION = "0.1.0"
 bp = Blueprint("openapi", __name__)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, current_app
 
 from serving.api.openapi import doc
-from serving.prom import CONTENT_TYPE, PrometheusMetrics
+from serving.telemetry.prometheus import CONTENT_TYPE, PrometheusMetrics
 
 EXTENSION = "serving.prometheus"
 bp = Blueprint("prometheus", __name__)

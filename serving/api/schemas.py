@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate
 
-from serving.store import DEFAULT_ALIAS, NAME_RE
+from serving.store.model_store import DEFAULT_ALIAS, NAME_RE
 
 
 class StrictBoolean(fields.Field):

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from flask import Response, g
 
-from serving.loader import LoadedModel
-from serving.predict import predict
-from serving.recorder import PredictionRecord
-from serving.state import get_state
+from serving.api.state import get_state
+from serving.runtime.loader import LoadedModel
+from serving.runtime.predict import predict
+from serving.telemetry.recorder import PredictionRecord
 
 log = logging.getLogger("serving.shadow")
 

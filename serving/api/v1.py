@@ -19,11 +19,11 @@ from serving.api.schemas import (
     VersionMetadataSchema,
 )
 from serving.api.shadow import shadow_call
+from serving.api.state import get_state
 from serving.errors import InvalidInput, ModelNotFound
-from serving.loader import LoadedModel, ModelState
-from serving.predict import predict
-from serving.state import get_state
-from serving.store import DEFAULT_ALIAS
+from serving.runtime.loader import LoadedModel, ModelState
+from serving.runtime.predict import predict
+from serving.store.model_store import DEFAULT_ALIAS
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 _PREDICT_SCHEMA = PredictRequestSchema()

@@ -1,20 +1,20 @@
 """Open Inference Protocol (KServe "V2", Triton clients): a thin front door over the /v1 core.
 
 Same loader, same `predict_array` validation, same request log and StatsD as /v1; payloads are
-translated by `serving.v2codec`. Errors leave as `{"error": "..."}` (see `serving.api.errors`).
+translated by `serving.protocols.v2`. Errors leave as `{"error": "..."}` (see `serving.api.errors`).
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, g, request
 
-from serving import v2codec
 from serving.api.jsonio import _read_body, json_response, record_prediction
 from serving.api.openapi import VERSION, doc
+from serving.api.state import get_state
 from serving.errors import UnsupportedMediaType, VersionNotFound
-from serving.loader import LoadedModel
-from serving.predict import predict_array
-from serving.state import get_state
+from serving.protocols import v2 as v2codec
+from serving.runtime.loader import LoadedModel
+from serving.runtime.predict import predict_array
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 HEADER_LENGTH = "Inference-Header-Content-Length"

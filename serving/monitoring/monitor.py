@@ -9,8 +9,8 @@ feature per request) and adds the counts to the `monitor_counts` table of the em
 in one UPSERT transaction: one row per (model, version, minute, feature, bin). A query over a
 window sums the minutes (to the minute) of every worker, past and present.
 
-The same flusher writes the worker's traffic counts (`serving.traffic`: requests per 10 s,
-status and latency bin, for the dashboard) into `traffic_counts`, in the same transaction.
+The same flusher writes the worker's traffic counts (`serving.monitoring.traffic`: requests per
+10 s, status and latency bin, for the dashboard) into `traffic_counts`, in the same transaction.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ import numpy as np
 import pandas as pd
 from flask import Flask, current_app, g
 
-from serving import drift, traffic
-from serving.datastore import DataStore
-from serving.drift import CONFIDENCE, OTHER, PREDICTION, ROWS
 from serving.errors import ModelNotFound
-from serving.schema import NUMERIC, InputSchema
+from serving.features.schema import NUMERIC, InputSchema
+from serving.monitoring import drift, traffic
+from serving.monitoring.drift import CONFIDENCE, OTHER, PREDICTION, ROWS
 from serving.settings import Settings
-from serving.store import DEFAULT_ALIAS, ModelStore
+from serving.store.model_store import DEFAULT_ALIAS, ModelStore
+from serving.telemetry.datastore import DataStore
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class _Profile:
 
 
 def drift_confidence_edges() -> list[float]:
-    from serving.reference import CONFIDENCE_EDGES
+    from serving.store.reference import CONFIDENCE_EDGES
 
     return list(CONFIDENCE_EDGES)
 
@@ -544,7 +544,7 @@ def run_cli(store: ModelStore, args: Any) -> int:
     """`python -m serving monitor NAME [--version V] [--window 1h] [--json] [--data-dir DIR]`."""
     import json
 
-    from serving.datastore import parse_window
+    from serving.telemetry.datastore import parse_window
 
     settings = Settings.from_env()  # the drift thresholds
     seconds = parse_window(args.window)
@@ -565,7 +565,7 @@ def run_cli(store: ModelStore, args: Any) -> int:
         datastore.close()
     print(json.dumps(body, indent=2) if args.json else format_report(body))
     if getattr(args, "html", None):
-        from serving.monitor_html import render_html
+        from serving.monitoring.html import render_html
 
         args.html.write_text(render_html(body), encoding="utf-8")
     return 0

@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import ModelNotFound, StoreError, VersionNotFound
-from serving.fsutil import (
+from serving.rollouts.routing import route_doc, validate_weights
+from serving.store.fsutil import (
     append_line,
     atomic_write_bytes,
     copy_with_sha256,
     exclusive_lock,
     fsync_dir,
 )
-from serving.routing import route_doc, validate_weights
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALIAS_RE = NAME_RE
@@ -161,7 +161,7 @@ class ModelStore:
         actor: str | None = None,
     ) -> int:
         """Copy `artifact` in as the next version (with metadata) and return its number."""
-        from serving import artifacts  # scikit-learn and pandas: only for writers of versions
+        from serving.store import artifacts  # scikit-learn and pandas: only for writers of versions
 
         validate_name(name)
         artifact = Path(artifact)

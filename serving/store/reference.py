@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.schema import NUMERIC, InputSchema
+from serving.features.schema import NUMERIC, InputSchema
 
 MAX_ROWS = 100_000  # rows summarised (a uniform sample beyond that)
 MAX_PREDICT_ROWS = 10_000  # rows run through the model for the output distributions

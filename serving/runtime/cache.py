@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from serving.metrics import Metrics
+from serving.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
-    from serving.loader import LoadedModel
-    from serving.predict import PredictionResult
+    from serving.runtime.loader import LoadedModel
+    from serving.runtime.predict import PredictionResult
 
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
 MAX_ROWS = 256

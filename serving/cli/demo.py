@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
 
 
 def create_demo_models(store: ModelStore, force: bool = False, actor: str | None = None) -> int:

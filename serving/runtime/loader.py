@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from serving import artifacts
-from serving.cache import PredictionCache
 from serving.errors import ModelNotFound, ModelUnavailable, ServingError, StoreError
-from serving.metrics import Metrics
-from serving.routing import Route, variant_name
-from serving.schema import InputSchema
-from serving.store import DEFAULT_ALIAS, ModelStore
+from serving.features.schema import InputSchema
+from serving.rollouts.routing import Route, variant_name
+from serving.runtime.cache import PredictionCache
+from serving.store import artifacts
+from serving.store.model_store import DEFAULT_ALIAS, ModelStore
+from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class LoadedModel:
     schema: InputSchema
     loaded_at: float
     # What the hot path calls predict/predict_proba on: the model itself, or a verified
-    # numpy kernel that answers the same (serving.kernels).
+    # numpy kernel that answers the same (serving.runtime.kernels).
     runner: Any = None
     cache: PredictionCache | None = field(default=None, repr=False, compare=False)
 
@@ -476,7 +476,7 @@ def _verified_kernel(
     model: Any, metadata: dict[str, Any], schema: InputSchema, sample: list[Any], label: str
 ) -> Any:
     """A numpy kernel for a linear model, used only if it answers check rows as the model does."""
-    from serving import kernels
+    from serving.runtime import kernels
 
     try:
         kernel = kernels.compile_linear(model)

@@ -18,8 +18,8 @@ import sklearn
 from sklearn.base import is_classifier, is_regressor
 
 from serving.errors import StoreError
-from serving.fsutil import sha256_file
-from serving.schema import CATEGORICAL, NUMERIC, InputSchema
+from serving.features.schema import CATEGORICAL, NUMERIC, InputSchema
+from serving.store.fsutil import sha256_file
 
 ARTIFACT_NAME = "model.joblib"
 ACCEPTED_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -80,7 +80,7 @@ def describe_model(
     }
     _smoke_test(model, schema, sample)
     if reference is not None:
-        from serving.reference import reference_statistics
+        from serving.store.reference import reference_statistics
 
         columns = _reference_columns(reference, names, n_features)
         meta["reference_stats"] = reference_statistics(model, schema, columns, task)
@@ -101,7 +101,7 @@ def load_version(version_dir: Path, metadata: dict[str, Any], allow_mismatch: bo
             f"file is {actual[:12]}... (artifact changed or corrupt)"
         )
     if metadata.get("format") == "onnx":  # no pickle, no scikit-learn version to match
-        from serving.compile import load_onnx
+        from serving.compile.onnx import load_onnx
 
         return load_onnx(path, metadata)
     trained = metadata.get("sklearn_version")

@@ -13,10 +13,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from serving import monitoring, traffic
-from serving.datastore import DataStore
 from serving.errors import ModelNotFound, ServingError
-from serving.store import ModelStore
+from serving.monitoring import monitor as monitoring
+from serving.monitoring import traffic
+from serving.store.model_store import ModelStore
+from serving.telemetry.datastore import DataStore
 
 MAX_POINTS = 90  # points per series: the step grows with the window (10 s for 15 minutes)
 WORST_FEATURES = 3  # features shown with their reference vs live histograms
@@ -242,8 +243,8 @@ def run_cli(store: ModelStore, args: Any) -> int:
     """`python -m serving traffic [NAME] [--window 15m] [--json] [--data-dir DIR]`."""
     import json
 
-    from serving.datastore import parse_window
     from serving.settings import Settings
+    from serving.telemetry.datastore import parse_window
 
     settings = Settings.from_env()  # the drift thresholds
     datastore = DataStore(args.data_dir)

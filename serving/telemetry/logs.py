@@ -32,7 +32,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_context": {"()": "serving.logs.RequestContextFilter"}},
+        "filters": {"request_context": {"()": "serving.telemetry.logs.RequestContextFilter"}},
         "formatters": {
             "json": {
                 "()": "pythonjsonlogger.orjson.OrjsonFormatter",  # half the cost of stdlib json

@@ -27,7 +27,7 @@ import numpy as np
 from serving.errors import StoreError
 
 if TYPE_CHECKING:
-    from serving.quantize import QuantGate
+    from serving.compile.quantize import QuantGate
 
 ONNX_ARTIFACT = "model.onnx"
 ABS_TOL = 1e-4
@@ -90,7 +90,7 @@ class OnnxModel:
 
 def load_onnx(path: Path, metadata: dict[str, Any]) -> OnnxModel:
     """The serving object of an ONNX version (sha256 already checked by the caller)."""
-    from serving.artifacts import ModelLoadError
+    from serving.store.artifacts import ModelLoadError
 
     try:
         import onnxruntime  # noqa: F401
@@ -168,7 +168,7 @@ def parity_report(
 ) -> dict[str, Any]:
     """Compare both models on `rows`: labels, probabilities or values; `ok` says if they match
     (exactly and within FP32 tolerance, or within `gate` for a quantized model)."""
-    from serving.schema import InputSchema
+    from serving.features.schema import InputSchema
 
     schema = InputSchema.from_metadata(metadata)
     with warnings.catch_warnings():
@@ -270,7 +270,7 @@ def optimize(
     import onnxruntime
     import skl2onnx
 
-    from serving import artifacts
+    from serving.store import artifacts
 
     metadata = store.read_metadata(name, version)
     if metadata.get("quantization"):
@@ -286,7 +286,7 @@ def optimize(
     onnx_bytes = (folder / ONNX_ARTIFACT).read_bytes() if is_onnx else convert(original, metadata)
     quantization = None
     if quantize is not None:
-        from serving.quantize import quantize_model
+        from serving.compile.quantize import quantize_model
 
         what = f"{name} v{version} ({_model_kind(original, metadata)})"
         onnx_bytes, quantization = quantize_model(onnx_bytes, what)
@@ -338,7 +338,7 @@ def run_cli(store: Any, args: argparse.Namespace) -> int:
         return 1
     gate = None
     if args.quantize:
-        from serving.quantize import QuantGate
+        from serving.compile.quantize import QuantGate
 
         gate = QuantGate(args.min_label_agreement, args.max_proba_diff, args.max_value_diff)
     try:

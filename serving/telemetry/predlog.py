@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.datastore import DataStore
 from serving.errors import ServingError
-from serving.recorder import PredictionRecord, Recorder
 from serving.settings import Settings
+from serving.telemetry.datastore import DataStore
+from serving.telemetry.recorder import PredictionRecord, Recorder
 
 log = logging.getLogger(__name__)
 

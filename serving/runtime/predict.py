@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from serving.errors import InvalidInput
-from serving.loader import LoadedModel
+from serving.runtime.loader import LoadedModel
 
 _FEW_ROWS = 64
 

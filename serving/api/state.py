@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 
-from serving.loader import ModelLoader
-from serving.metrics import Metrics
-from serving.recorder import Recorder
+from serving.runtime.loader import ModelLoader
 from serving.settings import Settings
-from serving.store import ModelStore
+from serving.store.model_store import ModelStore
+from serving.telemetry.metrics import Metrics
+from serving.telemetry.recorder import Recorder
 
 EXTENSION = "serving"
 

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from serving.errors import ConfigError
-from serving.metrics import Metrics
+from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ import numpy as np
 import orjson
 from scipy import stats
 
-from serving.datastore import DataStore
 from serving.errors import ModelNotFound, ServingError
-from serving.predlog import WindowRows, read_window
-from serving.routing import variant_name
-from serving.store import ModelStore
+from serving.rollouts.routing import variant_name
+from serving.store.model_store import ModelStore
+from serving.telemetry.datastore import DataStore
+from serving.telemetry.predlog import WindowRows, read_window
 
 ALPHA = 0.05
 POWER = 0.80
@@ -469,7 +469,7 @@ def run_cli(store: ModelStore, args: Any) -> int:
     import json
     import time
 
-    from serving.datastore import parse_window
+    from serving.telemetry.datastore import parse_window
 
     seconds = parse_window(args.window)
     datastore = DataStore(args.data_dir)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from serving.errors import InvalidInput, MalformedRequest
-from serving.schema import CATEGORICAL, InputSchema
+from serving.features.schema import CATEGORICAL, InputSchema
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _REQUIRED = f"the input must be a JSON object with exactly one of the fields {', '.join(FORMATS)}"

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import ConfigError, ServingError, StoreError
-from serving.routing import parse_weights
-from serving.store import DEFAULT_ALIAS, ModelStore
+from serving.rollouts.routing import parse_weights
+from serving.store.model_store import DEFAULT_ALIAS, ModelStore
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,27 +148,27 @@ def main(argv: list[str] | None = None) -> int:
     store = ModelStore(args.store)
     try:
         if args.verb == "demo":
-            from serving.demo import create_demo_models
+            from serving.cli.demo import create_demo_models
 
             return create_demo_models(store, force=args.force, actor=args.actor)
         if args.verb == "batch":
-            from serving.batch import run_batch  # numpy, pandas, Arrow: only for this verb
+            from serving.batch.runner import run_batch  # numpy, pandas, Arrow: only for this verb
 
             return run_batch(store, args)
         if args.verb == "ab":
-            from serving.abtest import run_cli  # scipy: only for this verb
+            from serving.rollouts.abtest import run_cli  # scipy: only for this verb
 
             return run_cli(store, args)
         if args.verb == "optimize":
-            from serving.compile import run_cli as run_optimize  # skl2onnx, onnxruntime
+            from serving.compile.onnx import run_cli as run_optimize  # skl2onnx, onnxruntime
 
             return run_optimize(store, args)
         if args.verb == "monitor":
-            from serving.monitoring import run_cli as run_monitor
+            from serving.monitoring.monitor import run_cli as run_monitor
 
             return run_monitor(store, args)
         if args.verb == "traffic":
-            from serving.dashboard import run_cli as run_traffic
+            from serving.monitoring.dashboard import run_cli as run_traffic
 
             return run_traffic(store, args)
         return _models(store, args)
@@ -239,7 +239,7 @@ def _format_route(doc: dict[str, Any]) -> str:
 
 def show_model(store: ModelStore, name: str) -> dict[str, Any]:
     """Versions, aliases, and for each alias whether its version can load here, and why not."""
-    from serving import artifacts  # scikit-learn: only to check that the versions load
+    from serving.store import artifacts  # scikit-learn: only to check that the versions load
 
     allow = os.environ.get("SERVING_ALLOW_VERSION_MISMATCH", "").lower() in ("1", "true", "yes")
     versions = store.versions(name)

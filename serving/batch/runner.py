@@ -32,13 +32,14 @@ import pyarrow as pa
 import sklearn
 from threadpoolctl import threadpool_limits
 
-from serving import artifacts, batch_io
-from serving.batch_io import ABSENT, STDIO, Decoded, Field, RawChunk, Reading
+from serving.batch import files as batch_io
+from serving.batch.files import ABSENT, STDIO, Decoded, Field, RawChunk, Reading
 from serving.errors import InvalidInput, ModelNotFound, ModelUnavailable
-from serving.loader import LoadedModel, prepare
-from serving.schema import NUMERIC, InputSchema
+from serving.features.schema import NUMERIC, InputSchema
+from serving.runtime.loader import LoadedModel, prepare
 from serving.settings import Settings
-from serving.store import DEFAULT_ALIAS, ModelStore
+from serving.store import artifacts
+from serving.store.model_store import DEFAULT_ALIAS, ModelStore
 
 EXIT_TOO_MANY_REJECTS = 3
 # Errors a model raises for values it refuses (unknown category, bad dtype): the row is rejected.

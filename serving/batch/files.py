@@ -33,7 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serving.errors import InvalidInput
-from serving.fsutil import fsync_dir
+from serving.store.fsutil import fsync_dir
 
 FORMATS = ("csv", "jsonl", "parquet")
 _EXTENSIONS = {

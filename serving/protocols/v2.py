@@ -20,8 +20,8 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from serving.errors import InvalidInput, MalformedRequest
-from serving.loader import LoadedModel, ModelState
-from serving.predict import PredictionResult
+from serving.runtime.loader import LoadedModel, ModelState
+from serving.runtime.predict import PredictionResult
 
 SERVER_NAME = "serving"
 EXTENSIONS = ("binary_tensor_data",)

@@ -1,0 +1,1 @@
+"""Batch scoring (`serving batch`): the runner and its file formats."""

@@ -1,0 +1,1 @@
+"""The command line (`python -m serving ...`), one module per verb group."""

@@ -1,0 +1,1 @@
+"""Compilation of stored versions: ONNX conversion with its parity gate, quantization."""

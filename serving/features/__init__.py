@@ -1,0 +1,1 @@
+"""A model's input schema: feature kinds and the conversion of instances into arrays."""

@@ -1,0 +1,1 @@
+"""Model monitoring: drift accumulation and statistics, traffic, dashboard data, report."""

@@ -1,0 +1,1 @@
+"""Protocol codecs without Flask: Open Inference Protocol (V2) and MLflow formats."""

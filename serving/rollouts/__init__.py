@@ -1,0 +1,1 @@
+"""Rollouts: routing of an alias (weighted, sticky variants) and the A/B report."""

@@ -1,0 +1,1 @@
+"""The model store: layout, versions, deployment record and history, artifact description."""

@@ -1,0 +1,1 @@
+"""Telemetry: JSON logs, StatsD, Prometheus, the prediction log, the embedded datastore."""
