@@ -7,7 +7,8 @@ LogisticRegression on 1,000 features, registers each in a temp store and runs th
 (`serving.compile.onnx.optimize`, with and without `QuantGate`). For every model: artifact
 sizes, the gate's measured figures, and the median time of the serving object
 (`OnnxModel.predict_proba`, which casts the float64 rows to float32 as the server does) on 1
-and 100 rows, FP32 vs int8, plus scikit-learn's own `predict_proba` for scale. Prints a table; writes
+and 100 rows, FP32 vs int8, plus scikit-learn's own `predict_proba` for scale. Prints a table;
+writes
 bench/results/quantize.json (git-ignored).
 """
 
