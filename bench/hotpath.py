@@ -157,8 +157,7 @@ def _after_predict(
     app: Any, loaded: Any, instances: list[Any], timer: Timer, json_response: Any
 ) -> dict[str, float]:
     """What follows the model: the response body, then the after-request bookkeeping."""
-    from serving.api.state import get_state
-    from serving.monitoring.monitor import get_monitor
+    from serving.api.state import get_monitor, get_state
     from serving.runtime.predict import predict
     from serving.telemetry.recorder import PredictionRecord
 
@@ -240,8 +239,7 @@ def _binning_us(app: Any, body: bytes) -> float:
     mean over 2,000 queued requests), off the request path."""
     import orjson
 
-    from serving.api.state import get_state
-    from serving.monitoring.monitor import get_monitor
+    from serving.api.state import get_monitor, get_state
     from serving.runtime.predict import predict
 
     monitor = get_monitor(app)

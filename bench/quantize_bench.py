@@ -84,7 +84,7 @@ def measure(name: str, features: int, hidden: Any, root: Path, budget_s: float) 
     from serving.compile.onnx import OnnxModel, optimize
     from serving.compile.quantize import QuantGate, quantize_model
     from serving.errors import StoreError
-    from serving.store import artifacts
+    from serving.runtime import artifacts
     from serving.store.model_store import ModelStore
 
     store = ModelStore(root / "store")

@@ -23,7 +23,7 @@ from serving.api import (
 )
 from serving.api import monitoring as monitoring_api
 from serving.api.state import EXTENSION, ServingState
-from serving.monitoring.monitor import init_monitor
+from serving.monitoring.monitor import make_monitor
 from serving.runtime.cache import PredictionCache
 from serving.runtime.loader import ModelLoader
 from serving.settings import Settings
@@ -84,7 +84,7 @@ def init_state(app: Flask, settings: Settings) -> ServingState:
     loader.refresh()  # a (re)started worker serves the current versions from its first request
     if settings.start_poller:
         loader.ensure_polling()
-    state = ServingState(settings, store, loader, metrics, recorder=make_recorder(settings))
+    recorder, monitor = make_recorder(settings), make_monitor(settings)
+    state = ServingState(settings, store, loader, metrics, recorder=recorder, monitor=monitor)
     app.extensions[EXTENSION] = state
-    init_monitor(app, settings)
     return state

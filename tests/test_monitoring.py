@@ -15,9 +15,10 @@ import pytest
 from flask import Flask
 from sklearn.linear_model import LogisticRegression
 
+from serving.api.state import get_monitor
 from serving.cli.main import main
 from serving.monitoring import drift
-from serving.monitoring.monitor import Monitor, get_monitor, live_counts
+from serving.monitoring.monitor import Monitor, live_counts
 from serving.store.model_store import ModelStore
 from serving.store.reference import numeric_histogram
 from serving.telemetry.datastore import DataStore

@@ -11,8 +11,9 @@ import pytest
 from flask import Flask
 
 from serving.errors import StoreError
-from serving.rollouts.routing import Route, parse_weights
+from serving.rollouts.routing import Route
 from serving.runtime.loader import ModelLoader
+from serving.store.deployment import parse_weights
 from serving.store.model_store import ModelStore
 from serving.telemetry.metrics import Metrics
 from tests.conftest import IRIS_ROW

@@ -16,9 +16,8 @@ from serving.api.jsonio import json_response, load_query
 from serving.api.monitoring import HistogramSchema, monitored_datastore
 from serving.api.openapi import doc
 from serving.api.schemas import ErrorSchema
-from serving.api.state import get_state
+from serving.api.state import get_monitor, get_state
 from serving.monitoring.dashboard import build_dashboard
-from serving.monitoring.monitor import get_monitor
 from serving.store.model_store import NAME_RE
 from serving.telemetry.datastore import WINDOW_RE, parse_window
 

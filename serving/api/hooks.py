@@ -11,7 +11,7 @@ from flask import Flask, Response, request
 from flask import g as _g
 
 from serving.api.state import get_state
-from serving.monitoring.monitor import count_traffic, observe
+from serving.telemetry.logs import REQUEST_ID
 from serving.telemetry.recorder import PredictionRecord
 
 log = logging.getLogger("serving.request")
@@ -31,6 +31,7 @@ def _start() -> None:
     g.t0 = time.perf_counter()
     given = request.headers.get("X-Request-ID", "")
     g.request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
+    REQUEST_ID.set(g.request_id)
     g.model = g.version = g.rows = None
     g.class_counts = ()
 
@@ -50,8 +51,11 @@ def _finish(response: Response) -> Response:
     state.metrics.request(
         status, duration_ms, model, version, g.get("class_counts", ()), variant=g.get("variant")
     )
-    if model is not None or (status >= 400 and request.path.endswith(_PREDICT_PATHS)):
-        count_traffic(model, version, g.get("variant"), status, duration_ms)  # the dashboard
+    monitor = state.monitor
+    if monitor is not None and (
+        model is not None or (status >= 400 and request.path.endswith(_PREDICT_PATHS))
+    ):
+        monitor.count(model, version, g.get("variant"), status, duration_ms)  # the dashboard
     if model is not None and version is not None:
         ok = response.status_code == 200
         state.recorder.record(
@@ -69,8 +73,10 @@ def _finish(response: Response) -> Response:
                 g.get("outputs") if ok else None,
             )
         )
-        if ok:
-            observe(model, version)
+        if ok and monitor is not None:
+            monitor.record(
+                model, version, g.get("features"), g.get("outputs"), g.get("probabilities")
+            )
     log.info(
         "request",
         extra={
@@ -86,4 +92,5 @@ def _finish(response: Response) -> Response:
             "duration_ms": round(duration_ms, 3),
         },
     )
+    REQUEST_ID.set(None)  # lines logged between requests carry no request id
     return response

@@ -14,7 +14,7 @@ from serving.api.openapi import VERSION, doc
 from serving.api.state import ServingState, get_state
 from serving.errors import ModelNotFound, ServingError, UnsupportedMediaType
 from serving.protocols import mlflow as mlflow_format
-from serving.runtime.loader import LoadedModel
+from serving.runtime.model import LoadedModel
 from serving.runtime.predict import PredictionResult, predict, predict_array
 from serving.store.model_store import DEFAULT_ALIAS
 

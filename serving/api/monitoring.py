@@ -12,8 +12,8 @@ from marshmallow import RAISE, Schema, fields, validate
 from serving.api.jsonio import json_response, load_query
 from serving.api.openapi import doc
 from serving.api.schemas import ErrorSchema
-from serving.api.state import get_state
-from serving.monitoring.monitor import build_report, get_monitor
+from serving.api.state import get_monitor, get_state
+from serving.monitoring.monitor import build_report
 from serving.telemetry.datastore import WINDOW_RE, DataStore, parse_window
 
 bp = Blueprint("monitoring", __name__, url_prefix="/v1")

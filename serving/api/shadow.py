@@ -15,7 +15,7 @@ import numpy as np
 from flask import Response, g
 
 from serving.api.state import get_state
-from serving.runtime.loader import LoadedModel
+from serving.runtime.model import LoadedModel
 from serving.runtime.predict import predict
 from serving.telemetry.recorder import PredictionRecord
 

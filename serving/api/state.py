@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 
+from serving.monitoring.monitor import Monitor
 from serving.runtime.loader import ModelLoader
 from serving.settings import Settings
 from serving.store.model_store import ModelStore
@@ -22,6 +23,7 @@ class ServingState:
     loader: ModelLoader
     metrics: Metrics
     recorder: Recorder = field(default_factory=Recorder)
+    monitor: Monitor | None = None  # drift and traffic counts (None: SERVING_MONITOR_FLUSH=0)
 
     def close(self) -> None:
         """Stop the poll thread and close sockets (tests, and a clean worker exit)."""
@@ -34,3 +36,8 @@ def get_state(app: Flask | None = None) -> ServingState:
     """The state of `app` (default: the current app)."""
     target = app if app is not None else current_app
     return target.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def get_monitor(app: Flask | None = None) -> Monitor | None:
+    """The drift and traffic monitor of `app` (default: the current app), if it has one."""
+    return get_state(app).monitor

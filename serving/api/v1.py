@@ -21,7 +21,7 @@ from serving.api.schemas import (
 from serving.api.shadow import shadow_call
 from serving.api.state import get_state
 from serving.errors import InvalidInput, ModelNotFound
-from serving.runtime.loader import LoadedModel, ModelState
+from serving.runtime.model import LoadedModel, ModelState
 from serving.runtime.predict import predict
 from serving.store.model_store import DEFAULT_ALIAS
 

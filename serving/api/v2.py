@@ -13,7 +13,7 @@ from serving.api.openapi import VERSION, doc
 from serving.api.state import get_state
 from serving.errors import UnsupportedMediaType, VersionNotFound
 from serving.protocols import v2 as v2codec
-from serving.runtime.loader import LoadedModel
+from serving.runtime.model import LoadedModel
 from serving.runtime.predict import predict_array
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")

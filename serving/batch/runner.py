@@ -36,9 +36,10 @@ from serving.batch import files as batch_io
 from serving.batch.files import ABSENT, STDIO, Decoded, Field, RawChunk, Reading
 from serving.errors import InvalidInput, ModelNotFound, ModelUnavailable
 from serving.features.schema import NUMERIC, InputSchema
-from serving.runtime.loader import LoadedModel, prepare
+from serving.runtime import artifacts
+from serving.runtime.loader import prepare
+from serving.runtime.model import LoadedModel
 from serving.settings import Settings
-from serving.store import artifacts
 from serving.store.model_store import DEFAULT_ALIAS, ModelStore
 
 EXIT_TOO_MANY_REJECTS = 3

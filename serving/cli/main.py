@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import ConfigError, ServingError, StoreError
-from serving.rollouts.routing import parse_weights
+from serving.store.deployment import parse_weights
 from serving.store.model_store import DEFAULT_ALIAS, ModelStore
 
 
@@ -239,7 +239,7 @@ def _format_route(doc: dict[str, Any]) -> str:
 
 def show_model(store: ModelStore, name: str) -> dict[str, Any]:
     """Versions, aliases, and for each alias whether its version can load here, and why not."""
-    from serving.store import artifacts  # scikit-learn: only to check that the versions load
+    from serving.runtime import artifacts  # scikit-learn: only to check that the versions load
 
     allow = os.environ.get("SERVING_ALLOW_VERSION_MISMATCH", "").lower() in ("1", "true", "yes")
     versions = store.versions(name)

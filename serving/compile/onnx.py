@@ -8,8 +8,8 @@ bounded by min and max). Labels must be equal; probabilities and regression outp
 `--quantize` (serving/quantize.py) the model gets int8 weights and the looser `QuantGate` applies.
 The parity report goes into the new version's metadata.
 
-skl2onnx, onnx and onnxruntime are imported here only, and this module only by the `optimize`
-verb and by `artifacts.load_version` for a version whose metadata says `"format": "onnx"`.
+skl2onnx and onnx are imported here only, and this module only by the `optimize` verb; the
+serving side of an ONNX version is `serving.runtime.onnx`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serving.errors import StoreError
+from serving.runtime.onnx import OnnxModel
 
 if TYPE_CHECKING:
     from serving.compile.quantize import QuantGate
@@ -36,70 +37,6 @@ SYNTHETIC_ROWS = 2000
 SEED = 0
 # Fields of the source version's metadata that describe the version itself, not the model.
 _OWN_FIELDS = ("name", "version", "artifact", "created_at", "created_by", "sha256", "size_bytes")
-
-
-class OnnxModel:
-    """An ONNX Runtime session that answers like a fitted scikit-learn estimator.
-
-    Takes the float64 array or numeric DataFrame the schema produces (cast to float32), runs on
-    one thread, and returns numpy arrays: labels as the original classes, float64 probabilities.
-    """
-
-    runtime_name = "onnxruntime"
-
-    def __init__(self, model_bytes: bytes, task: str, classes: list[Any] | None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            model_bytes, options, providers=["CPUExecutionProvider"]
-        )
-        self._input = self._session.get_inputs()[0].name
-        self._outputs = [o.name for o in self._session.get_outputs()]
-        self.n_features_in_ = self._session.get_inputs()[0].shape[1]
-        self.task = task
-        if task == "classifier":
-            self.classes_ = np.asarray(classes if classes is not None else [])
-            self._probabilities = len(self._outputs) > 1
-
-    def _run(self, X: Any, outputs: list[str]) -> list[Any]:
-        x = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
-        if x.ndim == 1:
-            x = x.reshape(1, -1)
-        return self._session.run(outputs, {self._input: x})
-
-    def predict(self, X: Any) -> np.ndarray:
-        if self.task != "classifier":
-            (values,) = self._run(X, self._outputs[:1])
-            values = np.asarray(values, dtype=np.float64)
-            return values.ravel() if values.ndim == 2 and values.shape[1] == 1 else values
-        (labels,) = self._run(X, self._outputs[:1])
-        labels = np.asarray(labels).ravel()
-        if self.classes_.size:
-            return labels.astype(self.classes_.dtype)
-        return labels
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        if self.task != "classifier" or not self._probabilities:
-            raise AttributeError("this model has no predict_proba")
-        (proba,) = self._run(X, self._outputs[1:2])
-        return np.asarray(proba, dtype=np.float64)
-
-
-def load_onnx(path: Path, metadata: dict[str, Any]) -> OnnxModel:
-    """The serving object of an ONNX version (sha256 already checked by the caller)."""
-    from serving.store.artifacts import ModelLoadError
-
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise ModelLoadError("an ONNX version needs onnxruntime, which is not installed") from None
-    try:
-        return OnnxModel(path.read_bytes(), str(metadata.get("task")), metadata.get("classes"))
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load {path.name}: {type(exc).__name__}: {exc}") from None
 
 
 # -- conversion -------------------------------------------------------------------------------
@@ -270,7 +207,7 @@ def optimize(
     import onnxruntime
     import skl2onnx
 
-    from serving.store import artifacts
+    from serving.runtime import artifacts
 
     metadata = store.read_metadata(name, version)
     if metadata.get("quantization"):

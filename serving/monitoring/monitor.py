@@ -1,6 +1,6 @@
 """Live drift counts: accumulated per worker off the request path, summed in the shared store.
 
-The request path (`observe`, from the after-request hook) only appends a reference to the
+The request path (`Monitor.record`, from the after-request hook) only appends a reference to the
 request's validated model input, predictions and probabilities to a bounded per-worker queue
 (about a microsecond). A daemon thread per worker, started by the first observation (so a
 forked gunicorn worker starts its own), wakes every `SERVING_MONITOR_FLUSH` seconds, bins the
@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from flask import Flask, current_app, g
 
 from serving.errors import ModelNotFound
 from serving.features.schema import NUMERIC, InputSchema
@@ -39,7 +38,6 @@ from serving.telemetry.datastore import DataStore
 
 log = logging.getLogger(__name__)
 
-EXTENSION = "serving.monitor"
 COMPONENT = "monitor"
 MIGRATIONS = [
     [
@@ -63,38 +61,16 @@ _UPSERT = (
 Key = tuple[str, int, int, str, str]
 
 
-def init_monitor(app: Flask, settings: Settings) -> Monitor | None:
-    """Hang this app's monitor off `app.extensions` (None when SERVING_MONITOR_FLUSH is 0)."""
+def make_monitor(settings: Settings) -> Monitor | None:
+    """This worker's monitor (None when SERVING_MONITOR_FLUSH is 0); the app holds it."""
     if settings.monitor_flush <= 0:
         return None
-    monitor = Monitor(
+    return Monitor(
         DataStore(settings.data_dir),
         ModelStore(settings.model_store),
         settings.monitor_flush,
         settings.log_retention_days,
     )
-    app.extensions[EXTENSION] = monitor
-    return monitor
-
-
-def get_monitor(app: Flask | None = None) -> Monitor | None:
-    return (app or current_app).extensions.get(EXTENSION)  # type: ignore[no-any-return]
-
-
-def observe(model: str, version: int) -> None:
-    """After a successful prediction: queue what the front door left on `g` (hot path)."""
-    monitor = current_app.extensions.get(EXTENSION)
-    if monitor is not None:
-        monitor.record(model, version, g.get("features"), g.get("outputs"), g.get("probabilities"))
-
-
-def count_traffic(
-    model: str | None, version: int | None, variant: str | None, status: int, ms: float
-) -> None:
-    """After any request that chose a model (or a refused prediction): count it (hot path)."""
-    monitor = current_app.extensions.get(EXTENSION)
-    if monitor is not None:
-        monitor.count(model, version, variant, status, ms)
 
 
 class _Profile:

@@ -20,7 +20,7 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from serving.errors import InvalidInput, MalformedRequest
-from serving.runtime.loader import LoadedModel, ModelState
+from serving.runtime.model import LoadedModel, ModelState
 from serving.runtime.predict import PredictionResult
 
 SERVER_NAME = "serving"

@@ -24,7 +24,7 @@ import orjson
 from scipy import stats
 
 from serving.errors import ModelNotFound, ServingError
-from serving.rollouts.routing import variant_name
+from serving.store.deployment import variant_name
 from serving.store.model_store import ModelStore
 from serving.telemetry.datastore import DataStore
 from serving.telemetry.predlog import WindowRows, read_window

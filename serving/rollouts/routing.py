@@ -1,7 +1,7 @@
-"""Traffic routing of an alias: weighted variants (sticky by key or random) and a shadow.
+"""Traffic routing of an alias: the per-request choice between weighted (sticky) variants.
 
-Pure functions over the `deployment.json` document, shared by the store (writes, validation)
-and the loader (per-request choice). No I/O here.
+Built by each worker's loader from the `routes` entry of `deployment.json` (whose format and
+validation live in `serving.store.deployment`). No I/O here.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import hashlib
 import random
 from dataclasses import dataclass
 from typing import Any
-
-from serving.errors import StoreError
 
 _SCALE = float(1 << 64)
 
@@ -60,37 +58,3 @@ class Route:
         return self.versions[
             min(bisect.bisect_right(self.cumulative, point), len(self.versions) - 1)
         ]
-
-
-def parse_weights(pairs: list[str]) -> dict[int, float]:
-    """`["3=90", "4=10"]` (the CLI form) into {3: 90.0, 4: 10.0}."""
-    weights: dict[int, float] = {}
-    for pair in pairs:
-        version, sep, weight = pair.partition("=")
-        try:
-            weights[int(version)] = float(weight) if sep else float("nan")
-        except ValueError:
-            raise StoreError(f"bad weight {pair!r}: use VERSION=WEIGHT, e.g. 3=90") from None
-    return weights
-
-
-def validate_weights(weights: dict[int, float], known: list[int]) -> None:
-    """Refuse negative, non-finite, all-zero weights and unknown versions (nothing changes)."""
-    if not weights:
-        raise StoreError("a route needs at least one VERSION=WEIGHT")
-    for version, weight in weights.items():
-        if version not in known:
-            raise StoreError(f"version {version} does not exist (versions: {known})")
-        if not (weight >= 0) or weight == float("inf"):
-            raise StoreError(f"weight of version {version} must be a number >= 0, got {weight}")
-    if sum(weights.values()) <= 0:
-        raise StoreError("weights must not all be zero")
-
-
-def route_doc(weights: dict[int, float], sticky: bool, experiment: str) -> dict[str, Any]:
-    variants = [{"version": v, "weight": w} for v, w in sorted(weights.items())]
-    return {"variants": variants, "sticky": sticky, "experiment": experiment}
-
-
-def variant_name(version: int) -> str:
-    return f"v{version}"

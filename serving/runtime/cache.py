@@ -26,7 +26,7 @@ import orjson
 from serving.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
-    from serving.runtime.loader import LoadedModel
+    from serving.runtime.model import LoadedModel
     from serving.runtime.predict import PredictionResult
 
 HIT, MISS, BYPASS = "hit", "miss", "bypass"

@@ -16,82 +16,22 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from serving.errors import ModelNotFound, ModelUnavailable, ServingError, StoreError
 from serving.features.schema import InputSchema
-from serving.rollouts.routing import Route, variant_name
+from serving.rollouts.routing import Route
+from serving.runtime import artifacts
 from serving.runtime.cache import PredictionCache
-from serving.store import artifacts
+from serving.runtime.model import Choice, LoadedModel, ModelState
+from serving.store.artifacts import ARTIFACT_NAME
+from serving.store.deployment import variant_name
 from serving.store.model_store import DEFAULT_ALIAS, ModelStore
 from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """One verified version in memory, with everything the hot path needs precomputed."""
-
-    name: str
-    version: int
-    model: Any
-    metadata: dict[str, Any]
-    schema: InputSchema
-    loaded_at: float
-    # What the hot path calls predict/predict_proba on: the model itself, or a verified
-    # numpy kernel that answers the same (serving.runtime.kernels).
-    runner: Any = None
-    cache: PredictionCache | None = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.runner is None:
-            object.__setattr__(self, "runner", self.model)
-
-    @property
-    def runtime(self) -> str:
-        return str(getattr(self.runner, "runtime_name", "sklearn"))
-
-    @property
-    def task(self) -> str:
-        return str(self.metadata.get("task", "other"))
-
-    @property
-    def classes(self) -> list[Any] | None:
-        return self.metadata.get("classes")
-
-    @property
-    def can_proba(self) -> bool:
-        return bool(self.metadata.get("predict_proba"))
-
-
-@dataclass(frozen=True)
-class ModelState:
-    """What one worker serves for one model; replaced whole on every change."""
-
-    name: str
-    signature: tuple[int, int, int] | None
-    wanted: dict[str, int]
-    serving: dict[str, LoadedModel]
-    problems: dict[str, str] = field(default_factory=dict)
-    routes: dict[str, Route] = field(default_factory=dict)
-    shadows: dict[str, LoadedModel] = field(default_factory=dict)
-    loaded: dict[int, LoadedModel] = field(default_factory=dict)
-
-    def versions(self) -> dict[int, LoadedModel]:
-        return dict(self.loaded) or {m.version: m for m in self.serving.values()}
-
-
-@dataclass(frozen=True)
-class Choice:
-    """What serves one request: the model, its variant when the alias is split, a shadow."""
-
-    loaded: LoadedModel
-    variant: str | None
-    shadow: LoadedModel | None
 
 
 class ModelLoader:
@@ -358,9 +298,9 @@ class ModelLoader:
             return (-1,)
         try:  # the artifact's file is named by the metadata (model.joblib, model.onnx...)
             metadata = self._store.read_metadata(name, version)
-            artifact = str(metadata.get("artifact") or artifacts.ARTIFACT_NAME)
+            artifact = str(metadata.get("artifact") or ARTIFACT_NAME)
         except (ServingError, OSError, AttributeError):
-            artifact = artifacts.ARTIFACT_NAME
+            artifact = ARTIFACT_NAME
         for filename in ("metadata.json", artifact):
             try:
                 st = os.stat(folder / filename)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from serving.errors import InvalidInput
-from serving.runtime.loader import LoadedModel
+from serving.runtime.model import LoadedModel
 
 _FEW_ROWS = 64
 

@@ -1,7 +1,7 @@
-"""Model artifacts: describe a fitted estimator at registration, verify and load it later.
+"""Model artifacts at registration: read a candidate file and describe the fitted estimator.
 
-joblib/pickle runs code when it loads: the store is trusted input. Loading still checks the
-sha256 recorded at registration and the scikit-learn version the model was saved with.
+Loading a stored version for serving (sha256 and scikit-learn version checks) is
+`serving.runtime.artifacts`.
 """
 
 from __future__ import annotations
@@ -19,18 +19,9 @@ from sklearn.base import is_classifier, is_regressor
 
 from serving.errors import StoreError
 from serving.features.schema import CATEGORICAL, NUMERIC, InputSchema
-from serving.store.fsutil import sha256_file
 
 ARTIFACT_NAME = "model.joblib"
 ACCEPTED_SUFFIXES = (".joblib", ".pkl", ".pickle")
-
-
-class ModelLoadError(Exception):
-    """A version cannot serve; `reason` is one line for logs, `models show` and the API."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def read_artifact(path: Path) -> Any:
@@ -87,38 +78,6 @@ def describe_model(
     else:
         meta["reference_stats"] = None  # drift cannot be measured for this version
     return meta
-
-
-def load_version(version_dir: Path, metadata: dict[str, Any], allow_mismatch: bool) -> Any:
-    """Verify and unpickle one stored version, or raise ModelLoadError with the reason."""
-    path = version_dir / metadata.get("artifact", ARTIFACT_NAME)
-    if not path.is_file():
-        raise ModelLoadError(f"artifact {path.name} is missing")
-    actual = sha256_file(path)
-    if actual != metadata.get("sha256"):
-        raise ModelLoadError(
-            f"sha256 mismatch: metadata says {str(metadata.get('sha256'))[:12]}..., "
-            f"file is {actual[:12]}... (artifact changed or corrupt)"
-        )
-    if metadata.get("format") == "onnx":  # no pickle, no scikit-learn version to match
-        from serving.compile.onnx import load_onnx
-
-        return load_onnx(path, metadata)
-    trained = metadata.get("sklearn_version")
-    if trained != sklearn.__version__ and not allow_mismatch:
-        raise ModelLoadError(
-            f"trained with scikit-learn {trained}, this server runs {sklearn.__version__} "
-            "(retrain, or set SERVING_ALLOW_VERSION_MISMATCH=true to load it anyway)"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = joblib.load(path)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot unpickle {path.name}: {type(exc).__name__}: {exc}") from None
-    if not callable(getattr(model, "predict", None)):
-        raise ModelLoadError(f"{type(model).__name__} has no predict method")
-    return model
 
 
 def _feature_names(model: Any) -> list[str] | None:

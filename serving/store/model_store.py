@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import ModelNotFound, StoreError, VersionNotFound
-from serving.rollouts.routing import route_doc, validate_weights
+from serving.store.deployment import route_doc, validate_weights
 from serving.store.fsutil import (
     append_line,
     atomic_write_bytes,

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import logging.config
 from typing import Any
 
-from flask import g, has_request_context
-
 _FORMAT = "%(levelname)s %(name)s %(process)d %(message)s"
+
+
+# The id of the request being handled (set by the web layer's hooks; None between requests).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "serving_request_id", default=None
+)
 
 
 class RequestContextFilter(logging.Filter):
     """Adds the current request id to every record logged while a request is handled."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id") and has_request_context():
-            record.request_id = g.get("request_id")
+        if not hasattr(record, "request_id"):
+            request_id = REQUEST_ID.get()
+            if request_id is not None:
+                record.request_id = request_id
         return True
 
 

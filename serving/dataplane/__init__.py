@@ -1,0 +1,1 @@
+"""One Flask-free predict path for every protocol."""
