@@ -27,8 +27,9 @@ demo: venv
 run: demo
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
+# On both cores (pytest-xdist); the layer contracts and the docs build are tests too.
 test: dev browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 # Headless Chromium for the dashboard's browser test (Debian's package). Never fails: where it
 # cannot be installed, that one test skips and says why.
@@ -45,6 +46,7 @@ lint: dev
 check: dev
 	$(VENV)/bin/ruff format --check serving tests bench gunicorn.conf.py
 	$(VENV)/bin/ruff check serving tests bench gunicorn.conf.py
+	$(VENV)/bin/lint-imports
 
 # Benchmark on loopback (bench/run.py), 4-5 minutes: BENCH_QUICK=1 for under 90 s,
 # BENCH_WORKERS=N (default 2), BENCH_DURATION=s per cell. Installs wrk (Debian) if missing.
