@@ -21,7 +21,7 @@ from serving.monitoring.monitor import COMPONENT, MIGRATIONS, Monitor
 from serving.store.model_store import ModelStore
 from serving.telemetry.datastore import DataStore
 from tests.conftest import IRIS_ROW
-from tests.test_prometheus import scrape
+from tests.telemetry.test_prometheus import scrape
 
 SHORT_ROW = [5.1, 3.5, 1.4]  # one feature short: a 422 after the model was chosen
 

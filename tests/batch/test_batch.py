@@ -38,7 +38,7 @@ from serving.batch.runner import predict_isolating
 from serving.cli.main import main
 from serving.store.model_store import ModelStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IRIS_NAMES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 
 

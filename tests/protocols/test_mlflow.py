@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 
 from serving.store.model_store import ModelStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NAMES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 LABELS = ["setosa", "virginica"]

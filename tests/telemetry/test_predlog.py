@@ -27,7 +27,7 @@ from serving.telemetry.predlog import MIGRATIONS, Feedback, SQLiteRecorder, samp
 from serving.telemetry.recorder import PredictionRecord, Recorder
 from tests.conftest import IRIS_ROW
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SLOW = 3600.0  # a flush interval the tests never reach: they flush by hand
 
 

@@ -1,6 +1,6 @@
 """Two forked "workers" in prometheus_client's multiprocess mode, without gunicorn.
 
-    PROMETHEUS_MULTIPROC_DIR=DIR python -m tests.prom_workers
+    PROMETHEUS_MULTIPROC_DIR=DIR python -m tests.telemetry.prom_workers
 
 Run in its own process by tests/test_prometheus.py (the mode is chosen when prometheus_client is
 first imported, so the pytest process cannot switch to it). Worker A records 3 predictions and

@@ -14,7 +14,7 @@ import pytest
 
 from serving.store.model_store import ModelStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(

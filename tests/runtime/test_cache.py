@@ -21,7 +21,7 @@ from serving.settings import Settings
 from serving.store.model_store import ModelStore
 from serving.telemetry.metrics import Metrics
 from tests.conftest import IRIS_ROW
-from tests.test_prometheus import samples_of, value
+from tests.telemetry.test_prometheus import samples_of, value
 
 OTHER_ROW = [6.7, 3.0, 5.2, 2.3]
 

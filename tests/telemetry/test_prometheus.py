@@ -19,7 +19,7 @@ from serving.api.state import get_state
 from serving.store.model_store import ModelStore
 from tests.conftest import IRIS_ROW
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAMILIES = {
     "serving_requests": "counter",
     "serving_request_duration_seconds": "histogram",
@@ -204,7 +204,7 @@ def test_multiprocess_mode_sums_workers_and_drops_the_live_gauges_of_dead_ones(
 ) -> None:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, "-m", "tests.prom_workers"],
+        [sys.executable, "-m", "tests.telemetry.prom_workers"],
         cwd=REPO,
         env=env,
         capture_output=True,

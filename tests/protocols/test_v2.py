@@ -22,7 +22,7 @@ from tests.conftest import IRIS_ROW
 INFER = "/v2/models/iris/infer"
 HEADER = "Inference-Header-Content-Length"
 ROWS = [IRIS_ROW, [6.7, 3.0, 5.2, 2.3]]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _input(rows: Any, datatype: str = "FP64", flat: bool = False) -> dict:
