@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export SERVING_MODEL_STORE ?= model_store
 
-.PHONY: run test lint check demo venv dev clean browser
+.PHONY: run test lint check demo venv dev clean browser docs
 
 # The runtime virtualenv: re-made whenever requirements.txt changes.
 $(VENV)/.runtime: requirements.txt
@@ -47,6 +47,11 @@ check: dev
 	$(VENV)/bin/ruff format --check serving tests bench gunicorn.conf.py
 	$(VENV)/bin/ruff check serving tests bench gunicorn.conf.py
 	$(VENV)/bin/lint-imports
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or a page
+# missing from the nav fails.
+docs: dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # Benchmark on loopback (bench/run.py), 4-5 minutes: BENCH_QUICK=1 for under 90 s,
 # BENCH_WORKERS=N (default 2), BENCH_DURATION=s per cell. Installs wrk (Debian) if missing.
