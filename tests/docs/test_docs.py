@@ -178,3 +178,19 @@ def test_relative_links_point_at_existing_files(path: Path) -> None:
         if not (path.parent / relative).exists():
             broken.append(target)
     assert broken == [], f"{path.name}: links to missing files"
+
+
+_REPO_PATH = re.compile(r"\b((?:serving|tests|bench|deploy)/[\w./-]*\w/?)")
+
+
+@pytest.mark.parametrize("path", _markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_paths_of_the_repo_named_in_the_docs_exist(path: Path) -> None:
+    """A module or folder the docs name (`serving/runtime/`, `bench/run.py`) is really there."""
+    named = set(_REPO_PATH.findall(path.read_text()))
+    written_by_runs = ("YYYY", ".json", ".png")  # outputs a benchmark run writes (git-ignored)
+    missing = sorted(
+        p
+        for p in named
+        if not (ROOT / p.rstrip("/")).exists() and not any(w in p for w in written_by_runs)
+    )
+    assert missing == []
