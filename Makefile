@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export SERVING_MODEL_STORE ?= model_store
 
-.PHONY: run test lint check demo venv dev clean browser docs
+.PHONY: run test lint check demo venv dev clean browser docs nginx
 
 # The runtime virtualenv: re-made whenever requirements.txt changes.
 $(VENV)/.runtime: requirements.txt
@@ -28,7 +28,7 @@ run: demo
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 # On both cores (pytest-xdist); the layer contracts and the docs build are tests too.
-test: dev browser
+test: dev browser nginx
 	$(PY) -m pytest -n 2
 
 # Headless Chromium for the dashboard's browser test (Debian's package). Never fails: where it
@@ -37,6 +37,13 @@ browser:
 	@command -v chromium >/dev/null || (apt-get install -y chromium || (apt-get update && \
 		apt-get install -y chromium)) || echo "make browser: could not install chromium;" \
 		"the dashboard browser test will skip"
+
+# nginx for the fleet test (tests/e2e/test_fleet_nginx.py), Debian's package; never fails:
+# where it cannot be installed, that test skips and says why.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get install -y nginx || \
+		(apt-get update && apt-get install -y nginx)) || echo "make nginx: could not install" \
+		"nginx; the fleet test will skip"
 
 # `lint` fixes what it can; `check` only reads (CI-safe).
 lint: dev
