@@ -9,6 +9,7 @@ slower pass name the duplicated key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
@@ -66,8 +67,6 @@ def _first_duplicate(body: bytes) -> str:
             seen.add(key)
         return dict(pairs)
 
-    try:
+    with contextlib.suppress(ValueError, RecursionError):
         json.loads(body, object_pairs_hook=pairs_hook)
-    except (ValueError, RecursionError):
-        pass
     return found[0] if found else "?"
