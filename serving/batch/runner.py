@@ -9,7 +9,6 @@ the output or in the rejects file (JSON Lines: row, reason, feature, message).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import multiprocessing
@@ -34,6 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from serving.batch import files as batch_io
 from serving.batch.files import ABSENT, STDIO, Decoded, Field, RawChunk, Reading
+from serving.batch.options import BatchOptions
 from serving.errors import InvalidInput, ModelNotFound, ModelUnavailable
 from serving.features.schema import NUMERIC, InputSchema
 from serving.runtime import artifacts
@@ -82,35 +82,35 @@ class Totals:
     reasons: Counter[str] = field(default_factory=Counter)
 
 
-def run_batch(store: ModelStore, args: argparse.Namespace) -> int:
-    """The `batch` verb (options parsed in serving/cli.py). Returns the exit code."""
-    _check_options(args)
-    version = resolve_version(store, args.name, args.version, args.alias)
+def run_batch(store: ModelStore, options: BatchOptions) -> int:
+    """The `batch` verb (its options parsed in serving/cli/batch.py). Returns the exit code."""
+    _check_options(options)
+    version = resolve_version(store, options.name, options.version, options.alias)
     allow = Settings.from_env().allow_version_mismatch
-    loaded = load_model(store, args.name, version, allow)
-    if args.proba and not loaded.can_proba:
+    loaded = load_model(store, options.name, version, allow)
+    if options.proba and not loaded.can_proba:
         raise InvalidInput(
             f"--proba needs a classifier with predict_proba; "
             f"{loaded.name} v{loaded.version} is a {loaded.task}"
         )
-    output = None if args.output == STDIO else Path(args.output)
-    rejects = _rejects_path(args.rejects, output, args.name)
+    output = None if options.output == STDIO else Path(options.output)
+    rejects = _rejects_path(options.rejects, output, options.name)
     if output is not None and rejects.resolve() == output.resolve():
         raise InvalidInput("the rejects file cannot be the output file")
-    label = f"batch {args.name} v{version}"
+    label = f"batch {options.name} v{version}"
     try:
-        with _sigterm_raises(), batch_io.open_source(args.input) as source:
-            reading = _reading(loaded, args, source.fmt)
-            job = Job(store.root, args.name, version, allow, args.proba, reading)
+        with _sigterm_raises(), batch_io.open_source(options.input) as source:
+            reading = _reading(loaded, options, source.fmt)
+            job = Job(store.root, options.name, version, allow, options.proba, reading)
             progress = batch_io.Progress(
-                label, sys.stderr, batch_io.parquet_rows(source), source.size, args.log_every
+                label, sys.stderr, batch_io.parquet_rows(source), source.size, options.log_every
             )
-            size = args.chunk_size or default_chunk_size(loaded.schema.n_features, source.fmt)
-            fmt = args.format or batch_io.format_of(args.output) or source.fmt
+            size = options.chunk_size or default_chunk_size(loaded.schema.n_features, source.fmt)
+            fmt = options.format or batch_io.format_of(options.output) or source.fmt
             with _targets(output, rejects) as targets, progress:
                 chunks = batch_io.read_chunks(source, reading, size)
-                totals = _stream(job, loaded, chunks, args.workers, fmt, targets, progress)
-                return _finish(label, totals, progress, args, targets, output, rejects)
+                totals = _stream(job, loaded, chunks, options.workers, fmt, targets, progress)
+                return _finish(label, totals, progress, options, targets, output, rejects)
     except (KeyboardInterrupt, Interrupted) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         name = signal.Signals(signum).name
@@ -118,16 +118,18 @@ def run_batch(store: ModelStore, args: argparse.Namespace) -> int:
         return 128 + signum
 
 
-def _check_options(args: argparse.Namespace) -> None:
-    if not 0.0 <= args.max_reject_rate <= 1.0:
-        raise InvalidInput(f"--max-reject-rate must be between 0 and 1, not {args.max_reject_rate}")
-    for option, value in (("--workers", args.workers), ("--chunk-size", args.chunk_size)):
+def _check_options(options: BatchOptions) -> None:
+    if not 0.0 <= options.max_reject_rate <= 1.0:
+        raise InvalidInput(
+            f"--max-reject-rate must be between 0 and 1, not {options.max_reject_rate}"
+        )
+    for option, value in (("--workers", options.workers), ("--chunk-size", options.chunk_size)):
         if value is not None and value < 1:
             raise InvalidInput(f"{option} must be at least 1, not {value}")
-    if args.log_every < 0:
-        raise InvalidInput(f"--log-every must be 0 or more seconds, not {args.log_every}")
-    if args.id_column in _RESERVED or str(args.id_column).startswith("proba_"):
-        raise InvalidInput(f"--id-column {args.id_column!r} clashes with an output column")
+    if options.log_every < 0:
+        raise InvalidInput(f"--log-every must be 0 or more seconds, not {options.log_every}")
+    if options.id_column in _RESERVED or str(options.id_column).startswith("proba_"):
+        raise InvalidInput(f"--id-column {options.id_column!r} clashes with an output column")
 
 
 def resolve_version(store: ModelStore, name: str, version: int | None, alias: str | None) -> int:
@@ -164,12 +166,12 @@ def default_chunk_size(n_features: int, fmt: str = "csv") -> int:
     return max(1_000, min(100_000, values // max(n_features, 1)))
 
 
-def _reading(loaded: LoadedModel, args: argparse.Namespace, fmt: str) -> Reading:
+def _reading(loaded: LoadedModel, options: BatchOptions, fmt: str) -> Reading:
     schema = loaded.schema
     text = [n for n, k in zip(schema.names or [], schema.kinds) if k != NUMERIC]
-    if args.id_column and args.id_column not in (schema.names or []):
-        text.append(args.id_column)
-    return Reading(fmt, schema.names, schema.n_features, text, args.id_column)
+    if options.id_column and options.id_column not in (schema.names or []):
+        text.append(options.id_column)
+    return Reading(fmt, schema.names, schema.n_features, text, options.id_column)
 
 
 def _rejects_path(given: str | None, output: Path | None, name: str) -> Path:
@@ -273,14 +275,14 @@ def _finish(
     label: str,
     totals: Totals,
     progress: batch_io.Progress,
-    args: argparse.Namespace,
+    options: BatchOptions,
     targets: tuple[batch_io.Target, batch_io.Target],
     output: Path | None,
     rejects: Path,
 ) -> int:
     seconds = time.monotonic() - progress.started
     rate = totals.rejected / totals.read if totals.read else 0.0
-    too_many = rate > args.max_reject_rate
+    too_many = rate > options.max_reject_rate
     out_target, rejects_target = targets
     with _uninterrupted():  # an interrupt now would leave one file renamed and not the other
         rejects_target.commit()  # first: an output file always has its rejects file
@@ -299,8 +301,9 @@ def _finish(
     )
     if too_many:
         kept = "output not kept" if output is not None else "output already streamed to stdout"
+        limit = options.max_reject_rate
         print(
-            f"error: reject rate {rate:.2%} is above --max-reject-rate {args.max_reject_rate:.2%} "
+            f"error: reject rate {rate:.2%} is above --max-reject-rate {limit:.2%} "
             f"({kept}; see {rejects})",
             file=sys.stderr,
         )

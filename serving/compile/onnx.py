@@ -14,9 +14,6 @@ serving side of an ONNX version is `serving.runtime.onnx`.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -265,43 +262,3 @@ class ParityError(StoreError):
     def __init__(self, report: dict[str, Any]) -> None:
         super().__init__("the ONNX model does not match the original; not registered", report)
         self.report = report
-
-
-def run_cli(store: Any, args: argparse.Namespace) -> int:
-    if not (args.onnx or args.quantize):
-        print(
-            "error: say how to optimize: --onnx, --quantize (int8, implies --onnx)", file=sys.stderr
-        )
-        return 1
-    gate = None
-    if args.quantize:
-        from serving.compile.quantize import QuantGate
-
-        gate = QuantGate(args.min_label_agreement, args.max_proba_diff, args.max_value_diff)
-    try:
-        version, report = optimize(store, args.name, args.version, args.actor, gate)
-    except ParityError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        print(json.dumps(exc.report, indent=2, default=str), file=sys.stderr)
-        return 1
-    print(f"{args.name}: version {version} {_summary(args.version, report, gate)}", file=sys.stderr)
-    print(version)
-    return 0
-
-
-def _summary(source: int, report: dict[str, Any], gate: QuantGate | None) -> str:
-    rows = report["rows"]
-    if gate is None:
-        return (
-            f"(ONNX) from version {source}; parity ok on {rows} rows "
-            f"(labels equal, |diff| <= {ABS_TOL:g} + {REL_TOL:g}*|value|)"
-        )
-    if "label_agreement" in report:
-        measured = f"labels agree on {report['label_agreement']:.2%}"
-        if "proba_max_abs_diff" in report:
-            measured += f", max |probability diff| {report['proba_max_abs_diff']:.4f}"
-    else:
-        measured = (
-            f"max |diff| {report['output_max_abs_diff']:.4g} ({report['output_std']:.4g} std)"
-        )
-    return f"(ONNX, int8) from version {source}; parity gate passed on {rows} rows: {measured}"
