@@ -69,7 +69,7 @@ def _gate(args: argparse.Namespace) -> QuantGate:
 
 
 def _summary(source: int, report: dict[str, Any], gate: QuantGate | None) -> str:
-    from serving.compile.onnx import ABS_TOL, REL_TOL
+    from serving.compile.parity import ABS_TOL, REL_TOL
 
     rows = report["rows"]
     if gate is None:
