@@ -47,7 +47,7 @@ def _data_dir(parser: argparse.ArgumentParser) -> None:
 
 def run_monitor(store: ModelStore, args: argparse.Namespace) -> int:
     """`python -m serving monitor NAME [--version V] [--window 1h] [--json] [--data-dir DIR]`."""
-    from serving.monitoring.monitor import build_report
+    from serving.monitoring.report import build_report
     from serving.settings import Settings
     from serving.telemetry.datastore import DataStore, parse_window
 

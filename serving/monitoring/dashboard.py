@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from serving.errors import ModelNotFound, ServingError
-from serving.monitoring import monitor as monitoring
 from serving.monitoring import traffic
+from serving.monitoring.counts import COMPONENT, MIGRATIONS
+from serving.monitoring.report import build_report
 from serving.store.model_store import ModelStore
 from serving.telemetry.datastore import DataStore
 
@@ -41,7 +42,7 @@ def read_traffic(
     """(slot, model, version, variant, status, bin, n) summed over every worker from `start`."""
     if not datastore.exists():
         return []
-    datastore.ensure_schema(monitoring.COMPONENT, monitoring.MIGRATIONS)
+    datastore.ensure_schema(COMPONENT, MIGRATIONS)
     where, args = "bucket >= ?", [start]
     if model is not None:
         where, args = where + " AND model = ?", [*args, model]
@@ -142,9 +143,7 @@ def drift_summary(
 ) -> dict[str, Any]:
     """The production version's drift: a row per feature, histograms of the worst ones."""
     try:
-        report = monitoring.build_report(
-            datastore, store, name, None, seconds, now, window, warn, alert
-        )
+        report = build_report(datastore, store, name, None, seconds, now, window, warn, alert)
     except ServingError as exc:  # no version yet, unreadable metadata: say so, do not fail
         return {"version": None, "status": "unavailable", "reference": False, "note": str(exc)}
     features = [
