@@ -1,5 +1,5 @@
 """`python -m serving ...`: the command line."""
 
-from serving.cli.main import main
+from serving.cli import main
 
 raise SystemExit(main())

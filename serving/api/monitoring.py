@@ -13,7 +13,7 @@ from serving.api.jsonio import json_response, load_query
 from serving.api.openapi import doc
 from serving.api.schemas import ErrorSchema
 from serving.api.state import get_monitor, get_state
-from serving.monitoring.monitor import build_report
+from serving.monitoring.report import build_report
 from serving.telemetry.datastore import WINDOW_RE, DataStore, parse_window
 
 bp = Blueprint("monitoring", __name__, url_prefix="/v1")

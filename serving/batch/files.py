@@ -1,39 +1,31 @@
-"""Files for `serving batch`: detect formats, read chunks, decode them, write tables atomically.
+"""Input files for `serving batch`: detect formats, read chunks, decode them.
 
 Readers yield raw chunks that are cheap to send to a worker process (a DataFrame for CSV, the
 raw lines for JSON Lines, a RecordBatch for Parquet); `decode` turns one into one numpy column
-per feature where it runs. Outputs go to a temp file beside the final path and are renamed onto
-it only by `commit`, so an interrupted or failed run never leaves a file at the final path.
+per feature where it runs. Writing is `serving.batch.writing`, progress `serving.batch.progress`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
-import queue
-import secrets
 import shutil
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serving.errors import InvalidInput
-from serving.store.fsutil import fsync_dir
 
 FORMATS = ("csv", "jsonl", "parquet")
 _EXTENSIONS = {
@@ -133,7 +125,7 @@ def _parquet_errors() -> Iterator[None]:
     try:
         yield
     except (pa.ArrowInvalid, pa.ArrowIOError) as exc:
-        raise InvalidInput(f"cannot read the Parquet input: {_one_line(exc)}") from None
+        raise InvalidInput(f"cannot read the Parquet input: {one_line(exc)}") from None
 
 
 def _needed(reading: Reading) -> list[str] | None:
@@ -170,7 +162,7 @@ def _csv_chunks(source: Source, reading: Reading, chunk_size: int) -> Iterator[R
     except pd.errors.EmptyDataError:
         return
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"cannot read the CSV input: {_one_line(exc)}") from None
+        raise InvalidInput(f"cannot read the CSV input: {one_line(exc)}") from None
 
 
 def _jsonl_chunks(source: Source, reading: Reading, chunk_size: int) -> Iterator[RawChunk]:
@@ -211,7 +203,7 @@ def _tell(source: Source) -> int | None:
         return None
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
@@ -330,233 +322,3 @@ def _json_ids(values: list[Any]) -> pa.Array:
             [v if v is None or type(v) is str else orjson.dumps(v).decode() for v in values],
             pa.string(),
         )
-
-
-# -- writing -------------------------------------------------------------------------------
-
-
-class Target:
-    """One output: a temp file renamed onto `path` by `commit`, or stdout when `path` is None."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._tmp: str | None = None
-        if path is None:
-            self.handle: BinaryIO = sys.stdout.buffer
-            return
-        while True:  # not mkstemp: its 0600 would stick to the output; this honours the umask
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-                break
-            except FileExistsError:  # pragma: no cover - 32 random bits
-                continue
-            except OSError as exc:  # name the file asked for, not the temp one
-                raise OSError(exc.errno, exc.strerror, str(path)) from None
-        self._tmp = str(tmp)
-        self.handle = os.fdopen(fd, "wb")
-
-    def commit(self) -> None:
-        self.handle.flush()
-        if self._tmp is None or self.path is None:
-            return
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self._tmp, self.path)
-        self._tmp = None
-        fsync_dir(self.path.parent)
-
-    def discard(self) -> None:
-        if self._tmp is None:
-            with contextlib.suppress(OSError):
-                self.handle.flush()
-            return
-        with contextlib.suppress(OSError):
-            self.handle.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp)
-        self._tmp = None
-
-
-class BackgroundWrites:
-    """Runs write calls in order in one thread, at most `ahead` waiting.
-
-    pyarrow writes CSV and Parquet without the GIL, so while the thread writes chunk n the
-    main thread reads and scores chunk n+1. The first error stops later writes and is raised
-    by the next `submit` or by `close`.
-    """
-
-    def __init__(self, ahead: int = 2) -> None:
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=ahead)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="batch-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    job()
-                except BaseException as exc:  # raised in the main thread
-                    self._error = exc
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self._raise()
-        self._queue.put(job)
-
-    def close(self) -> None:
-        """Wait until every submitted write is done; raise the first write error."""
-        self._stop()
-        self._raise()
-
-    def abort(self) -> None:
-        """Skip the writes not started yet and wait for the one running, if any."""
-        if self._error is None:
-            self._error = RuntimeError("aborted")
-        self._stop()
-
-    def _stop(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-
-class TableWriter:
-    """Writes Arrow tables in one format; the first table fixes the schema of the rest."""
-
-    def __init__(self, handle: BinaryIO, fmt: str) -> None:
-        self._handle, self._fmt = handle, fmt
-        self._writer: Any = None
-        self.schema: pa.Schema | None = None
-
-    def write(self, table: pa.Table) -> None:
-        if self.schema is None:
-            self._open(table.schema)
-        elif table.schema != self.schema:
-            table = _conform(table, self.schema)
-        if self._fmt == "jsonl":
-            self._write_lines(table)
-        else:
-            self._writer.write_table(table)
-
-    def _write_lines(self, table: pa.Table, rows: int = 10_000) -> None:
-        """JSON Lines from slices of columns: no list of dicts for a whole chunk at once."""
-        dumps, flags, names = orjson.dumps, orjson.OPT_APPEND_NEWLINE, table.column_names
-        for start in range(0, table.num_rows, rows):
-            part = table.slice(start, rows)
-            columns = [part.column(name).to_pylist() for name in names]
-            lines = (dumps(dict(zip(names, values)), option=flags) for values in zip(*columns))
-            self._handle.write(b"".join(lines))
-
-    def close(self, empty_schema: pa.Schema) -> None:
-        if self.schema is None:
-            self._open(empty_schema)  # no row at all: still a valid file with a header/schema
-        if self._writer is not None:
-            self._writer.close()
-
-    def _open(self, schema: pa.Schema) -> None:
-        self.schema = schema
-        if self._fmt == "csv":
-            self._writer = pacsv.CSVWriter(self._handle, schema)
-        elif self._fmt == "parquet":
-            self._writer = pq.ParquetWriter(self._handle, schema)
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    try:
-        return table.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        raise InvalidInput(
-            f"a column changes type between chunks ({table.schema} vs {schema}): {_one_line(exc)}"
-        ) from None
-
-
-def write_rejects(handle: BinaryIO, rejects: list[dict[str, Any]]) -> None:
-    if rejects:
-        flags = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
-        handle.write(b"".join(orjson.dumps(r, option=flags) for r in rejects))
-
-
-# -- progress --------------------------------------------------------------------------------
-
-
-class Progress:
-    """A redrawn bar on a terminal; plain lines every `every` seconds otherwise (logs, CI)."""
-
-    def __init__(
-        self,
-        label: str,
-        stream: TextIO,
-        total_rows: int | None,
-        total_bytes: int | None,
-        every: float,
-        clock: Any = time.monotonic,
-    ) -> None:
-        self._label, self._stream, self._clock = label, stream, clock
-        self._rows_total, self._bytes_total = total_rows, total_bytes
-        self._tty = _isatty(stream)
-        self._every = 0.1 if self._tty else every
-        self.started = self._last = clock()
-        self._drawn = False
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.finish()
-
-    def update(self, rows: int, position: int | None) -> None:
-        now = self._clock()
-        if now - self._last < self._every:
-            return
-        self._last = now
-        elapsed = max(now - self.started, 1e-9)
-        rate = rows / elapsed
-        text = f"{self._label}: {rows:,} rows, {rate:,.0f} rows/s"
-        fraction = self._fraction(rows, position)
-        if fraction is not None and fraction > 0:
-            eta = elapsed * (1 - fraction) / fraction
-            text += f", {fraction:.0%}, ETA {_clock_time(eta)}"
-        if self._tty:
-            self._stream.write(f"\r{_bar(fraction)} {text}\x1b[K")
-            self._drawn = True
-        else:
-            self._stream.write(text + "\n")
-        self._stream.flush()
-
-    def finish(self) -> None:
-        """Clear the bar (before the summary, or an error, is printed)."""
-        if self._drawn:
-            self._stream.write("\r\x1b[K")
-            self._stream.flush()
-            self._drawn = False
-
-    def _fraction(self, rows: int, position: int | None) -> float | None:
-        if self._rows_total:
-            return min(rows / self._rows_total, 1.0)
-        if self._bytes_total and position is not None:
-            return min(position / self._bytes_total, 1.0)
-        return None
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError, io.UnsupportedOperation):
-        return False
-
-
-def _bar(fraction: float | None, width: int = 20) -> str:
-    if fraction is None:
-        return "[" + "?" * width + "]"
-    filled = int(fraction * width)
-    return "[" + "#" * filled + "." * (width - filled) + "]"
-
-
-def _clock_time(seconds: float) -> str:
-    seconds = int(seconds + 0.5)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,12 +1,9 @@
 """Compile a stored version to ONNX (`serving optimize NAME VERSION --onnx`) and serve it.
 
-The converted model must match the original before it is registered: both score the version's
-`sample_input` rows plus synthetic rows drawn from its reference statistics (numeric features:
-a reference bin picked by its proportion, then uniform between the bin's edges, the outer bins
-bounded by min and max). Labels must be equal; probabilities and regression outputs must satisfy
-|onnx - original| <= ABS_TOL + REL_TOL * |original| (FP32 arithmetic in ONNX Runtime). With
-`--quantize` (serving/quantize.py) the model gets int8 weights and the looser `QuantGate` applies.
-The parity report goes into the new version's metadata.
+The converted model must match the original before it is registered (`serving.compile.parity`:
+equal labels, outputs within FP32 tolerance). With `--quantize` (serving/compile/quantize.py) the
+model gets int8 weights and the looser `QuantGate` applies. The parity report goes into the new
+version's metadata.
 
 skl2onnx and onnx are imported here only, and this module only by the `optimize` verb; the
 serving side of an ONNX version is `serving.runtime.onnx`.
@@ -14,16 +11,12 @@ serving side of an ONNX version is `serving.runtime.onnx`.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from serving.compile.parity import parity_report, parity_rows
 from serving.errors import StoreError
 from serving.runtime.onnx import OnnxModel
 
@@ -31,10 +24,6 @@ if TYPE_CHECKING:
     from serving.compile.quantize import QuantGate
 
 ONNX_ARTIFACT = "model.onnx"
-ABS_TOL = 1e-4
-REL_TOL = 1e-5
-SYNTHETIC_ROWS = 2000
-SEED = 0
 # Fields of the source version's metadata that describe the version itself, not the model.
 _OWN_FIELDS = ("name", "version", "artifact", "created_at", "created_by", "sha256", "size_bytes")
 
@@ -71,127 +60,6 @@ def convert(model: Any, metadata: dict[str, Any]) -> bytes:
     return onx.SerializeToString()
 
 
-def parity_rows(metadata: dict[str, Any], n: int = SYNTHETIC_ROWS, seed: int = SEED) -> np.ndarray:
-    """The sample input rows plus `n` synthetic rows drawn from the reference statistics."""
-    n_features = int(metadata["n_features"])
-    sample = np.asarray(metadata.get("sample_input") or [], dtype=np.float64).reshape(
-        -1, n_features
-    )
-    stats = (metadata.get("reference_stats") or {}).get("features") or {}
-    labels = [f["name"] for f in metadata["features"]]
-    rng = np.random.default_rng(seed)
-    columns = []
-    for j, label in enumerate(labels):
-        feature = stats.get(label) or {}
-        if "min" in feature and "max" in feature:
-            bounds = np.asarray([feature["min"], *feature["edges"], feature["max"]], dtype=float)
-            weights = np.asarray(feature["proportions"], dtype=float)
-            bins = rng.choice(len(weights), size=n, p=weights / weights.sum())
-            low, high = bounds[bins], bounds[bins + 1]
-            columns.append(low + rng.random(n) * (high - low))
-        else:  # no statistics: spread around the sample values
-            centre = float(sample[:, j].mean()) if len(sample) else 0.0
-            scale = abs(centre) + 1.0
-            columns.append(rng.uniform(centre - scale, centre + scale, n))
-    return np.vstack([sample, np.column_stack(columns)])
-
-
-def parity_report(
-    original: Any,
-    compiled: OnnxModel,
-    rows: np.ndarray,
-    metadata: dict[str, Any],
-    gate: QuantGate | None = None,
-) -> dict[str, Any]:
-    """Compare both models on `rows`: labels, probabilities or values; `ok` says if they match
-    (exactly and within FP32 tolerance, or within `gate` for a quantized model)."""
-    from serving.features.schema import InputSchema
-
-    schema = InputSchema.from_metadata(metadata)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        features = schema.convert(rows.tolist())
-        expected = np.asarray(original.predict(features))
-    got = compiled.predict(rows)
-    report: dict[str, Any] = {
-        "rows": len(rows),
-        "sample_rows": len(metadata.get("sample_input") or []),
-        "synthetic_rows": len(rows) - len(metadata.get("sample_input") or []),
-        "seed": SEED,
-    }
-    if gate is None:
-        report.update(abs_tolerance=ABS_TOL, rel_tolerance=REL_TOL)
-    else:
-        report["gate"] = gate.describe()
-    checks = []
-    if metadata.get("task") == "classifier":
-        mismatched = np.flatnonzero(np.asarray(got) != expected)
-        report["label_mismatches"] = len(mismatched)
-        report["first_label_mismatches"] = [
-            {"row": int(i), "original": _plain(expected[i]), "onnx": _plain(got[i])}
-            for i in mismatched[:5]
-        ]
-        agreement = 1.0 - len(mismatched) / max(len(rows), 1)
-        report["label_agreement"] = round(agreement, 6)
-        checks.append(
-            not len(mismatched) if gate is None else agreement >= gate.min_label_agreement
-        )
-        if metadata.get("predict_proba") and hasattr(original, "predict_proba"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                checks.append(
-                    _close(
-                        report,
-                        original.predict_proba(features),
-                        compiled.predict_proba(rows),
-                        "proba",
-                        gate,
-                    )
-                )
-    else:
-        checks.append(_close(report, expected, got, "output", gate))
-    report["ok"] = all(checks)
-    return report
-
-
-def _close(
-    report: dict[str, Any], expected: Any, got: Any, what: str, gate: QuantGate | None = None
-) -> bool:
-    expected = np.asarray(expected, dtype=np.float64)
-    got = np.asarray(got, dtype=np.float64).reshape(expected.shape)
-    diff = np.abs(got - expected)
-    if gate is not None:
-        return _within_gate(report, expected, diff, what, gate)
-    allowed = ABS_TOL + REL_TOL * np.abs(expected)
-    bad = diff > allowed
-    report[f"{what}_max_abs_diff"] = float(diff.max()) if diff.size else 0.0
-    report[f"{what}_out_of_tolerance"] = int(
-        np.any(bad, axis=1).sum() if bad.ndim == 2 else bad.sum()
-    )
-    return not bool(bad.any())
-
-
-def _within_gate(
-    report: dict[str, Any], expected: np.ndarray, diff: np.ndarray, what: str, gate: QuantGate
-) -> bool:
-    """The quantized gate: max |diff| of probabilities, or of values in output std units."""
-    largest = float(diff.max()) if diff.size else 0.0
-    report[f"{what}_max_abs_diff"] = largest
-    report[f"{what}_mean_abs_diff"] = float(diff.mean()) if diff.size else 0.0
-    per_row = diff.max(axis=1) if diff.ndim == 2 else diff
-    report[f"{what}_p99_abs_diff"] = float(np.quantile(per_row, 0.99)) if diff.size else 0.0
-    if what == "proba":
-        return largest <= gate.max_proba_diff
-    std = float(expected.std()) if expected.size else 0.0
-    report["output_std"] = std
-    report["output_max_diff_in_std"] = largest / std if std > 0 else (0.0 if not largest else None)
-    return largest <= gate.max_value_diff * std
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
 # -- the verb ---------------------------------------------------------------------------------
 
 
@@ -204,36 +72,70 @@ def optimize(
 ) -> tuple[int, dict[str, Any]]:
     """Compile `name` v`version` to ONNX (int8 weights with `quantize`) and register it as a new
     version; (version, parity). An FP32 ONNX version can be quantized too."""
-    import onnxruntime
-    import skl2onnx
-
-    from serving.runtime import artifacts
-
     metadata = store.read_metadata(name, version)
-    if metadata.get("quantization"):
-        raise StoreError(f"{name} v{version} is already quantized")
-    is_onnx = metadata.get("format") == "onnx"
-    if is_onnx and quantize is None:
-        raise StoreError(f"{name} v{version} is already an ONNX version (add --quantize?)")
-    folder = store.version_dir(name, version)
-    try:
-        original = artifacts.load_version(folder, metadata, False)
-    except artifacts.ModelLoadError as exc:
-        raise StoreError(f"{name} v{version} cannot load: {exc.reason}") from None
-    onnx_bytes = (folder / ONNX_ARTIFACT).read_bytes() if is_onnx else convert(original, metadata)
+    _check_source(name, version, metadata, quantize)
+    original = _load_original(store, name, version, metadata)
+    onnx_bytes = _onnx_bytes(store, name, version, original, metadata)
     quantization = None
     if quantize is not None:
         from serving.compile.quantize import quantize_model
 
         what = f"{name} v{version} ({_model_kind(original, metadata)})"
         onnx_bytes, quantization = quantize_model(onnx_bytes, what)
-    try:
-        compiled = OnnxModel(onnx_bytes, str(metadata.get("task")), metadata.get("classes"))
-    except Exception as exc:
-        raise StoreError(f"ONNX Runtime cannot load the converted model: {exc}") from None
+    compiled = _runtime_model(onnx_bytes, metadata)
     report = parity_report(original, compiled, parity_rows(metadata), metadata, quantize)
     if not report["ok"]:
         raise ParityError(report)
+    prepared = _new_metadata(metadata, version, report, quantization)
+    return _register(store, name, onnx_bytes, prepared, actor), report
+
+
+def _check_source(
+    name: str, version: int, metadata: dict[str, Any], quantize: QuantGate | None
+) -> None:
+    """Refuse what cannot be compiled further: quantized, or ONNX already without --quantize."""
+    if metadata.get("quantization"):
+        raise StoreError(f"{name} v{version} is already quantized")
+    if metadata.get("format") == "onnx" and quantize is None:
+        raise StoreError(f"{name} v{version} is already an ONNX version (add --quantize?)")
+
+
+def _load_original(store: Any, name: str, version: int, metadata: dict[str, Any]) -> Any:
+    """The source version as a worker loads it (sha256 and versions verified)."""
+    from serving.runtime import artifacts
+
+    try:
+        return artifacts.load_version(store.version_dir(name, version), metadata, False)
+    except artifacts.ModelLoadError as exc:
+        raise StoreError(f"{name} v{version} cannot load: {exc.reason}") from None
+
+
+def _onnx_bytes(
+    store: Any, name: str, version: int, original: Any, metadata: dict[str, Any]
+) -> bytes:
+    """An ONNX version's own artifact, else the original converted by skl2onnx."""
+    if metadata.get("format") == "onnx":
+        return (store.version_dir(name, version) / ONNX_ARTIFACT).read_bytes()
+    return convert(original, metadata)
+
+
+def _runtime_model(onnx_bytes: bytes, metadata: dict[str, Any]) -> OnnxModel:
+    try:
+        return OnnxModel(onnx_bytes, str(metadata.get("task")), metadata.get("classes"))
+    except Exception as exc:
+        raise StoreError(f"ONNX Runtime cannot load the converted model: {exc}") from None
+
+
+def _new_metadata(
+    metadata: dict[str, Any],
+    version: int,
+    report: dict[str, Any],
+    quantization: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The source's model description, plus where it came from and how it was compiled."""
+    import onnxruntime
+    import skl2onnx
+
     prepared = {k: v for k, v in metadata.items() if k not in _OWN_FIELDS}
     prepared.pop("quantization", None)
     prepared.update(
@@ -246,11 +148,16 @@ def optimize(
     )
     if quantization is not None:
         prepared["quantization"] = quantization
+    return prepared
+
+
+def _register(
+    store: Any, name: str, onnx_bytes: bytes, prepared: dict[str, Any], actor: str | None
+) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ONNX_ARTIFACT
         path.write_bytes(onnx_bytes)
-        new = store.register_prepared(name, path, prepared, ONNX_ARTIFACT, actor=actor)
-    return new, report
+        return int(store.register_prepared(name, path, prepared, ONNX_ARTIFACT, actor=actor))
 
 
 def _model_kind(model: Any, metadata: dict[str, Any]) -> str:
@@ -265,43 +172,3 @@ class ParityError(StoreError):
     def __init__(self, report: dict[str, Any]) -> None:
         super().__init__("the ONNX model does not match the original; not registered", report)
         self.report = report
-
-
-def run_cli(store: Any, args: argparse.Namespace) -> int:
-    if not (args.onnx or args.quantize):
-        print(
-            "error: say how to optimize: --onnx, --quantize (int8, implies --onnx)", file=sys.stderr
-        )
-        return 1
-    gate = None
-    if args.quantize:
-        from serving.compile.quantize import QuantGate
-
-        gate = QuantGate(args.min_label_agreement, args.max_proba_diff, args.max_value_diff)
-    try:
-        version, report = optimize(store, args.name, args.version, args.actor, gate)
-    except ParityError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        print(json.dumps(exc.report, indent=2, default=str), file=sys.stderr)
-        return 1
-    print(f"{args.name}: version {version} {_summary(args.version, report, gate)}", file=sys.stderr)
-    print(version)
-    return 0
-
-
-def _summary(source: int, report: dict[str, Any], gate: QuantGate | None) -> str:
-    rows = report["rows"]
-    if gate is None:
-        return (
-            f"(ONNX) from version {source}; parity ok on {rows} rows "
-            f"(labels equal, |diff| <= {ABS_TOL:g} + {REL_TOL:g}*|value|)"
-        )
-    if "label_agreement" in report:
-        measured = f"labels agree on {report['label_agreement']:.2%}"
-        if "proba_max_abs_diff" in report:
-            measured += f", max |probability diff| {report['proba_max_abs_diff']:.4f}"
-    else:
-        measured = (
-            f"max |diff| {report['output_max_abs_diff']:.4g} ({report['output_std']:.4g} std)"
-        )
-    return f"(ONNX, int8) from version {source}; parity gate passed on {rows} rows: {measured}"

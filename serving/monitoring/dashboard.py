@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from serving.errors import ModelNotFound, ServingError
-from serving.monitoring import monitor as monitoring
 from serving.monitoring import traffic
+from serving.monitoring.counts import COMPONENT, MIGRATIONS
+from serving.monitoring.report import build_report
 from serving.store.model_store import ModelStore
 from serving.telemetry.datastore import DataStore
 
@@ -41,7 +42,7 @@ def read_traffic(
     """(slot, model, version, variant, status, bin, n) summed over every worker from `start`."""
     if not datastore.exists():
         return []
-    datastore.ensure_schema(monitoring.COMPONENT, monitoring.MIGRATIONS)
+    datastore.ensure_schema(COMPONENT, MIGRATIONS)
     where, args = "bucket >= ?", [start]
     if model is not None:
         where, args = where + " AND model = ?", [*args, model]
@@ -142,9 +143,7 @@ def drift_summary(
 ) -> dict[str, Any]:
     """The production version's drift: a row per feature, histograms of the worst ones."""
     try:
-        report = monitoring.build_report(
-            datastore, store, name, None, seconds, now, window, warn, alert
-        )
+        report = build_report(datastore, store, name, None, seconds, now, window, warn, alert)
     except ServingError as exc:  # no version yet, unreadable metadata: say so, do not fail
         return {"version": None, "status": "unavailable", "reference": False, "note": str(exc)}
     features = [
@@ -237,91 +236,6 @@ def build_dashboard(
         "models": models,
         "swaps": recent_swaps(store, names),
     }
-
-
-def run_cli(store: ModelStore, args: Any) -> int:
-    """`python -m serving traffic [NAME] [--window 15m] [--json] [--data-dir DIR]`."""
-    import json
-
-    from serving.settings import Settings
-    from serving.telemetry.datastore import parse_window
-
-    settings = Settings.from_env()  # the drift thresholds
-    datastore = DataStore(args.data_dir)
-    try:
-        body = build_dashboard(
-            datastore,
-            store,
-            parse_window(args.window),
-            time.time(),
-            args.window,
-            settings.drift_warn,
-            settings.drift_alert,
-            args.name,
-        )
-    finally:
-        datastore.close()
-    print(json.dumps(body, indent=2) if args.json else format_traffic(body))
-    return 0
-
-
-def format_traffic(body: dict[str, Any]) -> str:
-    """Who served what, how fast and how often it failed, as a table; then the latest swaps."""
-
-    def ms(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3g}"
-
-    def pct(part: int, whole: int) -> str:
-        return f"{100 * part / whole:.1f}%" if whole else "-"
-
-    t = body["totals"]
-    lines = [
-        f"last {body['window']} ({body['since']} .. {body['until']}): {t['requests']} requests "
-        f"({t['requests_per_s']}/s), 4xx {pct(t['client_errors'], t['requests'])}, "
-        f"5xx {pct(t['server_errors'], t['requests'])}, p50/p95/p99 {ms(t['p50_ms'])} / "
-        f"{ms(t['p95_ms'])} / {ms(t['p99_ms'])} ms"
-    ]
-    table = [
-        ("model", "version", "variant", "requests", "4xx", "5xx", "p50 ms", "p95 ms", "p99 ms")
-    ]
-    for m in body["models"]:
-        for r in m["traffic"]:
-            table.append(
-                (
-                    m["name"],
-                    str(r["version"] or "-"),
-                    r["variant"] or "-",
-                    str(r["requests"]),
-                    pct(r["client_errors"], r["requests"]),
-                    pct(r["server_errors"], r["requests"]),
-                    ms(r["p50_ms"]),
-                    ms(r["p95_ms"]),
-                    ms(r["p99_ms"]),
-                )
-            )
-    if len(table) > 1:
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
-    if t["unrouted"]:
-        lines.append(f"refused before choosing a model: {t['unrouted']}")
-    for m in body["models"]:
-        drift = m["drift"]
-        aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(m["aliases"].items())) or "no alias"
-        lines.append(f"{m['name']}: {aliases}; drift of v{drift['version']}: {drift['status']}")
-    if body["swaps"]:
-        lines.append("recent swaps:")
-        for e in body["swaps"][:5]:
-            after = e.get("shadow") if e["action"] == "shadow" else e.get("version")
-            change = f"{_v(e.get('previous'))} -> {_v(after)}"
-            lines.append(
-                f"  {e.get('at', '')[:19]}  {e['model']} {e['action']} {e.get('alias', '')} "
-                f"{change} by {e.get('actor', '?')}"
-            )
-    return "\n".join(lines)
-
-
-def _v(version: Any) -> str:
-    return f"v{version}" if version else "-"
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:

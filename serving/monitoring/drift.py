@@ -1,7 +1,7 @@
 """Drift of live traffic against a version's reference statistics: pure functions, no I/O.
 
 Inputs are the reference statistics of `serving.store.reference` (stored in metadata.json) and the
-live counts summed over a window by `serving.monitoring.monitor` (feature -> bin -> count).
+live counts summed over a window by `serving.monitoring.report` (feature -> bin -> count).
 Bins of a numeric feature are `b0`..`bK` (the reference's interior cut points, so a value beyond the
 reference range falls in the first or last bin), plus `below`/`above` (outside the reference
 min/max), `missing` and `sum` (of the values, for the mean). A categorical feature's bins are

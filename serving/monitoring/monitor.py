@@ -25,40 +25,19 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from serving.errors import ModelNotFound
-from serving.features.schema import NUMERIC, InputSchema
-from serving.monitoring import drift, traffic
-from serving.monitoring.drift import CONFIDENCE, OTHER, PREDICTION, ROWS
+from serving.monitoring import binning, traffic
+from serving.monitoring.binning import Profile
+from serving.monitoring.counts import COMPONENT, MIGRATIONS, UPSERT, Key, bucket_of
 from serving.settings import Settings
-from serving.store.model_store import DEFAULT_ALIAS, ModelStore
+from serving.store.model_store import ModelStore
 from serving.telemetry.datastore import DataStore
 
 log = logging.getLogger(__name__)
 
-COMPONENT = "monitor"
-MIGRATIONS = [
-    [
-        "CREATE TABLE monitor_counts (model TEXT NOT NULL, version INTEGER NOT NULL,"
-        " bucket INTEGER NOT NULL, feature TEXT NOT NULL, bin TEXT NOT NULL, n REAL NOT NULL,"
-        " PRIMARY KEY (model, version, bucket, feature, bin)) WITHOUT ROWID",
-        "CREATE INDEX monitor_by_time ON monitor_counts (bucket)",
-    ],
-    traffic.MIGRATION,
-]
-BUCKET_SECONDS = 60
 MAX_PENDING_ROWS = 200_000  # rows queued per worker between flushes; beyond: dropped, counted
 PRUNE_INTERVAL = 3600.0
 _YIELD_AFTER = 0.0002  # seconds of binning between two releases of the GIL
 _BIN_INTERVAL = 0.25  # seconds between two binnings of the queue (memory: inputs held until then)
-_MERGE_ROWS = 20_000  # rows binned in one pass at most (bounds one hold of the GIL)
-_UPSERT = (
-    "INSERT INTO monitor_counts (model, version, bucket, feature, bin, n) VALUES (?,?,?,?,?,?)"
-    " ON CONFLICT (model, version, bucket, feature, bin) DO UPDATE SET n = n + excluded.n"
-)
-Key = tuple[str, int, int, str, str]
 
 
 def make_monitor(settings: Settings) -> Monitor | None:
@@ -71,43 +50,6 @@ def make_monitor(settings: Settings) -> Monitor | None:
         settings.monitor_flush,
         settings.log_retention_days,
     )
-
-
-class _Profile:
-    """How to bin one version's inputs and outputs: its schema and reference bins."""
-
-    def __init__(self, metadata: dict[str, Any]) -> None:
-        schema = InputSchema.from_metadata(metadata)
-        reference = metadata.get("reference_stats") or {}
-        ref_features = reference.get("features") or {}
-        self.features: list[tuple[int, str, str, Any]] = []
-        for j, (label, kind) in enumerate(zip(schema.labels, schema.kinds)):
-            ref = ref_features.get(label)
-            if not ref:
-                continue
-            if kind == NUMERIC and ref.get("kind") == "numeric":
-                edges = np.asarray(ref.get("edges") or [], dtype=np.float64)
-                low, high = ref.get("min", -np.inf), ref.get("max", np.inf)
-                self.features.append((j, label, NUMERIC, (edges, low, high)))
-            elif ref.get("kind") == "categorical":
-                self.features.append((j, label, "categorical", set(ref.get("frequencies", {}))))
-        self.classifier = metadata.get("task") == "classifier"
-        prediction = reference.get("prediction") or {}
-        self.prediction_edges = (
-            np.asarray(prediction["edges"], dtype=np.float64)
-            if prediction.get("kind") == "numeric" and "edges" in prediction
-            else None
-        )
-        confidence = reference.get("confidence") or {}
-        self.confidence_edges = np.asarray(
-            confidence.get("edges") or drift_confidence_edges(), dtype=np.float64
-        )
-
-
-def drift_confidence_edges() -> list[float]:
-    from serving.store.reference import CONFIDENCE_EDGES
-
-    return list(CONFIDENCE_EDGES)
 
 
 class Monitor:
@@ -131,7 +73,7 @@ class Monitor:
         self._counts: dict[Key, float] = defaultdict(float)
         self.traffic = traffic.TrafficQueue(clock)
         self._traffic_counts: Counter[traffic.Key] = Counter()
-        self._profiles: dict[tuple[str, int], _Profile | None] = {}
+        self._profiles: dict[tuple[str, int], Profile | None] = {}
         self._pid = -1
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -208,7 +150,7 @@ class Monitor:
         """Bin every queued request into the in-memory counts; the number of requests.
 
         Requests of the same version, minute and shape are binned together, up to
-        `_MERGE_ROWS` rows at a time: one vectorised pass per feature instead of one per
+        `binning.MERGE_ROWS` rows at a time: one vectorised pass per feature instead of one per
         request (binning one request alone costs ~300 µs of Python for 20 features; merged,
         a few µs). Sleeps briefly every `_YIELD_AFTER` s of work: a request thread waiting for
         the GIL would otherwise wait for the 5 ms switch interval at each of its system calls.
@@ -218,7 +160,7 @@ class Monitor:
         while self._queue:
             model, version, at, features, predictions, probabilities = self._queue.popleft()
             self._pending_rows -= len(predictions) if predictions is not None else 0
-            bucket = int(at // BUCKET_SECONDS) * BUCKET_SECONDS
+            bucket = bucket_of(at)
             shape = (type(features), getattr(features, "shape", (0, 0))[1:], probabilities is None)
             groups.setdefault((model, version, bucket, shape), []).append(
                 (features, predictions, probabilities)
@@ -226,7 +168,7 @@ class Monitor:
             done += 1
         since = time.perf_counter()
         for (model, version, bucket, _), items in groups.items():
-            for batch in _batches(items):
+            for batch in binning.batches(items):
                 if time.perf_counter() - since > _YIELD_AFTER:
                     time.sleep(0)
                     since = time.perf_counter()
@@ -237,7 +179,7 @@ class Monitor:
         self, model: str, version: int, bucket: float, batch: list[tuple[Any, Any, Any]]
     ) -> None:
         try:
-            merged = _merge(batch)
+            merged = binning.merge(batch)
         except Exception:  # shapes that do not stack: one request at a time
             for features, predictions, probabilities in batch:
                 self._add_logged(model, version, bucket, features, predictions, probabilities)
@@ -272,7 +214,7 @@ class Monitor:
             try:
                 self.datastore.ensure_schema(COMPONENT, MIGRATIONS)
                 with self.datastore.transaction() as conn:
-                    conn.executemany(_UPSERT, rows)
+                    conn.executemany(UPSERT, rows)
                     conn.executemany(traffic.UPSERT, traffic_rows)
             except Exception:  # a locked or full store: keep the counts for the next flush
                 if not self.failed:
@@ -309,11 +251,11 @@ class Monitor:
 
     # -- binning ---------------------------------------------------------------------------
 
-    def _profile(self, model: str, version: int) -> _Profile | None:
+    def _profile(self, model: str, version: int) -> Profile | None:
         key = (model, version)
         if key not in self._profiles:
             try:
-                self._profiles[key] = _Profile(self.store.read_metadata(model, version))
+                self._profiles[key] = Profile(self.store.read_metadata(model, version))
             except Exception:
                 log.warning("drift monitor: no metadata for %s v%s", model, version)
                 self._profiles[key] = None
@@ -331,273 +273,6 @@ class Monitor:
         profile = self._profile(model, version)
         if profile is None or predictions is None:
             return
-        counts = self._counts
-        bucket = int(at // BUCKET_SECONDS) * BUCKET_SECONDS
-        base = (model, version, bucket)
-        rows = len(predictions)
-        counts[(*base, ROWS, "n")] += rows
-        if features is not None:
-            for j, label, kind, spec in profile.features:
-                column = _column(features, j)
-                if kind == NUMERIC:
-                    _add_numeric(counts, (*base, label), column, *spec)
-                else:
-                    _add_categorical(counts, (*base, label), column, spec)
-        preds = np.asarray(predictions)
-        if profile.classifier:
-            labels, n = np.unique(preds.astype(str), return_counts=True)
-            for label, c in zip(labels.tolist(), n.tolist()):
-                counts[(*base, PREDICTION, label)] += c
-        elif profile.prediction_edges is not None and preds.ndim == 1 and preds.dtype.kind in "fiu":
-            _add_numeric(counts, (*base, PREDICTION), preds, profile.prediction_edges, None, None)
-        if probabilities is not None:
-            confidence = np.max(np.asarray(probabilities, dtype=np.float64), axis=1)
-            _add_numeric(
-                counts, (*base, CONFIDENCE), confidence, profile.confidence_edges, None, None
-            )
-
-
-def _batches(items: list[tuple[Any, Any, Any]]) -> Any:
-    """`items` in runs of at most `_MERGE_ROWS` predicted rows (and at least one item)."""
-    batch: list[tuple[Any, Any, Any]] = []
-    rows = 0
-    for item in items:
-        n = len(item[1]) if item[1] is not None else 0
-        if batch and rows + n > _MERGE_ROWS:
-            yield batch
-            batch, rows = [], 0
-        batch.append(item)
-        rows += n
-    if batch:
-        yield batch
-
-
-def _merge(batch: list[tuple[Any, Any, Any]]) -> tuple[Any, Any, Any]:
-    """One (features, predictions, probabilities) for requests of the same shape."""
-    if len(batch) == 1:
-        return batch[0]
-    features = [f for f, _, _ in batch]
-    if features[0] is None:
-        merged = None
-    elif isinstance(features[0], np.ndarray):
-        merged = np.concatenate(features)
-    elif isinstance(features[0], pd.DataFrame):
-        merged = pd.concat(features, ignore_index=True)
-    else:
-        raise TypeError(f"cannot merge {type(features[0]).__name__}")
-    if any(p is None for _, p, _ in batch):
-        raise TypeError("a request without predictions")
-    predictions = np.concatenate([np.asarray(p) for _, p, _ in batch])
-    probabilities = None
-    if batch[0][2] is not None:
-        probabilities = np.concatenate([np.asarray(p, dtype=np.float64) for _, _, p in batch])
-    return merged, predictions, probabilities
-
-
-def _column(features: Any, j: int) -> Any:
-    if isinstance(features, pd.DataFrame):
-        return features.iloc[:, j].to_numpy()
-    return np.asarray(features)[:, j]
-
-
-def _add_numeric(
-    counts: dict[Key, float],
-    prefix: tuple[str, int, int, str],
-    column: Any,
-    edges: np.ndarray,
-    low: float | None,
-    high: float | None,
-) -> None:
-    values = np.asarray(column, dtype=np.float64)
-    finite = np.isfinite(values)
-    if not finite.all():
-        counts[(*prefix, "missing")] += float(len(values) - finite.sum())
-        values = values[finite]
-    if not len(values):
-        return
-    index = np.searchsorted(edges, values, side="right")
-    binned = np.bincount(index, minlength=len(edges) + 1)
-    for i in np.flatnonzero(binned).tolist():
-        counts[(*prefix, f"b{i}")] += float(binned[i])
-    counts[(*prefix, "sum")] += float(values.sum())
-    if low is not None and high is not None:
-        below, above = int((values < low).sum()), int((values > high).sum())
-        if below:
-            counts[(*prefix, "below")] += below
-        if above:
-            counts[(*prefix, "above")] += above
-
-
-def _add_categorical(
-    counts: dict[Key, float], prefix: tuple[str, int, int, str], column: Any, known: set[str]
-) -> None:
-    values = pd.Series(column, dtype=object)
-    present = values.dropna().astype(str)
-    missing = len(values) - len(present)
-    if missing:
-        counts[(*prefix, "missing")] += missing
-    for label, c in present.value_counts().items():
-        counts[(*prefix, label if label in known else OTHER)] += int(c)
-
-
-# -- queries ---------------------------------------------------------------------------------
-
-
-def live_counts(
-    datastore: DataStore, model: str, version: int, since: float
-) -> dict[str, dict[str, float]]:
-    """feature -> bin -> count, summed over every worker from the minute of `since` on."""
-    if not datastore.exists():
-        return {}
-    datastore.ensure_schema(COMPONENT, MIGRATIONS)
-    with datastore.errors():
-        rows = (
-            datastore.connect()
-            .execute(
-                "SELECT feature, bin, SUM(n) FROM monitor_counts WHERE model = ? AND version = ?"
-                " AND bucket >= ? GROUP BY feature, bin",
-                (model, version, int(since // BUCKET_SECONDS) * BUCKET_SECONDS),
-            )
-            .fetchall()
+        binning.add_request(
+            self._counts, profile, model, version, at, features, predictions, probabilities
         )
-    out: dict[str, dict[str, float]] = defaultdict(dict)
-    for feature, bin_, n in rows:
-        out[feature][bin_] = float(n)
-    return dict(out)
-
-
-def default_version(store: ModelStore, name: str) -> int:
-    """The version the production alias serves, else the newest."""
-    if not store.exists(name):
-        raise ModelNotFound(f"model {name!r} is not in the store", {"model": name})
-    aliases = store.read_deployment(name).get("aliases") or {}
-    if DEFAULT_ALIAS in aliases:
-        return int(aliases[DEFAULT_ALIAS])
-    versions = store.versions(name)
-    if not versions:
-        raise ModelNotFound(f"model {name!r} has no versions", {"model": name})
-    return int(max(versions))
-
-
-def build_report(
-    datastore: DataStore,
-    store: ModelStore,
-    name: str,
-    version: int | None,
-    seconds: float,
-    now: float,
-    window: str,
-    warn: float,
-    alert: float,
-) -> dict[str, Any]:
-    """The monitoring report of one version over the last `seconds`."""
-    if version is None:
-        version = default_version(store, name)
-    metadata = store.read_metadata(name, version)
-    counts = live_counts(datastore, name, version, now - seconds)
-    labels = InputSchema.from_metadata(metadata).labels
-    body: dict[str, Any] = {
-        "model": name,
-        "version": version,
-        "window": window,
-        "since": _iso(now - seconds),
-        "until": _iso(now),
-        "rows": int(counts.get(ROWS, {}).get("n", 0)),
-        "thresholds": {"warn": warn, "alert": alert},
-        "predictions": {k: int(v) for k, v in counts.get(PREDICTION, {}).items()}
-        if metadata.get("task") == "classifier"
-        else None,
-    }
-    body.update(drift.drift_report(metadata.get("reference_stats"), counts, warn, alert, labels))
-    return body
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def run_cli(store: ModelStore, args: Any) -> int:
-    """`python -m serving monitor NAME [--version V] [--window 1h] [--json] [--data-dir DIR]`."""
-    import json
-
-    from serving.telemetry.datastore import parse_window
-
-    settings = Settings.from_env()  # the drift thresholds
-    seconds = parse_window(args.window)
-    datastore = DataStore(args.data_dir)
-    try:
-        body = build_report(
-            datastore,
-            store,
-            args.name,
-            args.version,
-            seconds,
-            time.time(),
-            args.window,
-            settings.drift_warn,
-            settings.drift_alert,
-        )
-    finally:
-        datastore.close()
-    print(json.dumps(body, indent=2) if args.json else format_report(body))
-    if getattr(args, "html", None):
-        from serving.monitoring.html import render_html
-
-        args.html.write_text(render_html(body), encoding="utf-8")
-    return 0
-
-
-def format_report(body: dict[str, Any]) -> str:
-    """The report as a readable table."""
-
-    def num(value: Any, digits: int = 3) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
-
-    def pct(value: Any) -> str:
-        return "-" if value is None else f"{100 * value:.1f}%"
-
-    lines = [
-        f"{body['model']} v{body['version']}, last {body['window']} "
-        f"({body['since']} .. {body['until']}): {body['rows']} rows, status {body['status']}"
-    ]
-    if not body["reference"]:
-        lines.append(body["note"])
-    else:
-        table = [("feature", "kind", "rows", "PSI", "p", "status", "outside", "missing", "mean")]
-        for f in body["features"]:
-            mean = f.get("mean")
-            shift = f.get("mean_shift_std")
-            shown = (
-                "-"
-                if mean is None
-                else f"{mean:.4g}" + (f" ({shift:+.2f} sd)" if shift is not None else "")
-            )
-            table.append(
-                (
-                    f["name"],
-                    f["kind"],
-                    str(int(f["rows"])),
-                    num(f["psi"]),
-                    "-" if f["p_value"] is None else f"{f['p_value']:.2g}",
-                    f["status"],
-                    pct(f.get("outside_range")),
-                    pct(f["missing_rate"]),
-                    shown,
-                )
-            )
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
-        out = body["output"]
-        if out:
-            lines.append(f"output drift ({out['kind']}): PSI {num(out['psi'])}, {out['status']}")
-        conf = body["confidence"]
-        if conf and conf["rows"]:
-            lines.append(
-                f"confidence: mean {num(conf['mean'])} vs reference "
-                f"{num(conf['reference_mean'])} (shift {num(conf['shift'])})"
-            )
-    if body.get("predictions"):
-        lines.append(
-            "predictions: " + ", ".join(f"{k}={v}" for k, v in sorted(body["predictions"].items()))
-        )
-    return "\n".join(lines)

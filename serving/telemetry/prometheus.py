@@ -31,6 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from serving.errors import ConfigError
@@ -44,6 +45,83 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 SAMPLE_INTERVAL = 5.0
 _CPU = "serving_process_cpu_seconds"
 _REQUEST_LABELS = ("model", "version", "variant", "status")
+
+
+_PID = "pid"  # the worker's label of a liveall gauge (the multiprocess collector adds its own)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family: prometheus_client's name (a counter gains `_total`), kind, help."""
+
+    name: str
+    kind: str  # "counter" | "histogram" | "gauge"
+    help: str
+    labels: tuple[str, ...] = ()
+    mode: str | None = None  # a gauge's multiprocess_mode: how workers' values combine
+
+
+FAMILIES = (
+    Family("serving_requests", "counter", "HTTP requests answered.", _REQUEST_LABELS),
+    Family(
+        "serving_request_duration_seconds",
+        "histogram",
+        "Time from the request to its response, for requests that named a model.",
+        _REQUEST_LABELS[:3],
+    ),
+    Family(
+        "serving_predictions",
+        "counter",
+        "Rows predicted per class (classifiers).",
+        ("model", "version", "class"),
+    ),
+    Family(
+        "serving_model_swaps",
+        "counter",
+        "Attempts to load a model version, by result (success or failure).",
+        ("model", "result"),
+    ),
+    Family(
+        "serving_in_flight_requests",
+        "gauge",
+        "Requests being handled now, summed over the workers (scrapes not included).",
+        mode="livesum",
+    ),
+    Family(
+        "serving_model_version",
+        "gauge",
+        "The version each worker serves for an alias.",
+        ("model", "alias", _PID),
+        "liveall",
+    ),
+    Family(
+        "serving_feature_drift_psi",
+        "gauge",
+        "Population stability index of a feature's live inputs against the reference.",
+        ("model", "version", "feature"),
+        "mostrecent",
+    ),
+    Family(
+        "serving_prediction_cache_lookups",
+        "counter",
+        "Prediction cache lookups by result (hit or miss); only with SERVING_PREDICTION_CACHE.",
+        ("model", "result"),
+    ),
+    Family(
+        _CPU,
+        "gauge",
+        "CPU time (user + system) of each worker process, in seconds.",
+        (_PID,),
+        "liveall",
+    ),
+    Family(
+        "serving_process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of each worker process, in bytes.",
+        (_PID,),
+        "liveall",
+    ),
+)
 
 
 class PrometheusMetrics(Metrics):
@@ -60,71 +138,17 @@ class PrometheusMetrics(Metrics):
         source = _multiprocess_collector() if self.multiprocess else own
         self._exposition = _Exposition(source)
         registry = None if self.multiprocess else own
-        # liveall gauges get a `pid` label from the multiprocess collector; add it ourselves
-        # otherwise, so the output has the same labels in both modes.
-        pid: tuple[str, ...] = () if self.multiprocess else ("pid",)
-        self._requests = prom.Counter(
-            "serving_requests", "HTTP requests answered.", _REQUEST_LABELS, registry=registry
-        )
-        self._duration = prom.Histogram(
-            "serving_request_duration_seconds",
-            "Time from the request to its response, for requests that named a model.",
-            _REQUEST_LABELS[:3],
-            buckets=BUCKETS,
-            registry=registry,
-        )
-        self._predictions = prom.Counter(
-            "serving_predictions",
-            "Rows predicted per class (classifiers).",
-            ("model", "version", "class"),
-            registry=registry,
-        )
-        self._swaps = prom.Counter(
-            "serving_model_swaps",
-            "Attempts to load a model version, by result (success or failure).",
-            ("model", "result"),
-            registry=registry,
-        )
-        self._in_flight = prom.Gauge(
-            "serving_in_flight_requests",
-            "Requests being handled now, summed over the workers (scrapes not included).",
-            registry=registry,
-            multiprocess_mode="livesum",
-        )
-        self._version = prom.Gauge(
-            "serving_model_version",
-            "The version each worker serves for an alias.",
-            ("model", "alias", *pid),
-            registry=registry,
-            multiprocess_mode="liveall",
-        )
-        self._drift = prom.Gauge(
-            "serving_feature_drift_psi",
-            "Population stability index of a feature's live inputs against the reference.",
-            ("model", "version", "feature"),
-            registry=registry,
-            multiprocess_mode="mostrecent",
-        )
-        self._cache = prom.Counter(
-            "serving_prediction_cache_lookups",
-            "Prediction cache lookups by result (hit or miss); only with SERVING_PREDICTION_CACHE.",
-            ("model", "result"),
-            registry=registry,
-        )
-        self._cpu = prom.Gauge(
-            _CPU,
-            "CPU time (user + system) of each worker process, in seconds.",
-            pid,
-            registry=registry,
-            multiprocess_mode="liveall",
-        )
-        self._rss = prom.Gauge(
-            "serving_process_resident_memory_bytes",
-            "Resident memory of each worker process, in bytes.",
-            pid,
-            registry=registry,
-            multiprocess_mode="liveall",
-        )
+        made = {f.name: _declare(prom, f, registry, self.multiprocess) for f in FAMILIES}
+        self._requests = made["serving_requests"]
+        self._duration = made["serving_request_duration_seconds"]
+        self._predictions = made["serving_predictions"]
+        self._swaps = made["serving_model_swaps"]
+        self._in_flight = made["serving_in_flight_requests"]
+        self._version = made["serving_model_version"]
+        self._drift = made["serving_feature_drift_psi"]
+        self._cache = made["serving_prediction_cache_lookups"]
+        self._cpu = made[_CPU]
+        self._rss = made["serving_process_resident_memory_bytes"]
         self._by_request: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._by_class: dict[tuple[Any, ...], Any] = {}
         self._by_cache: dict[tuple[str, bool], Any] = {}
@@ -264,6 +288,20 @@ class _Exposition:
                 name = f"{_CPU}_total" if family.name == _CPU else sample.name
                 out.add_sample(name, sample.labels, sample.value, sample.timestamp)
             yield out
+
+
+def _declare(prom: Any, family: Family, registry: Any, multiprocess: bool) -> Any:
+    """The prometheus_client metric of `family`, registered in `registry` (None: the files)."""
+    # In multiprocess mode the collector labels liveall gauges by pid; otherwise we do, so the
+    # output has the same labels in both modes.
+    labels = tuple(x for x in family.labels if not (multiprocess and x == _PID))
+    if family.kind == "counter":
+        return prom.Counter(family.name, family.help, labels, registry=registry)
+    if family.kind == "histogram":
+        return prom.Histogram(family.name, family.help, labels, buckets=BUCKETS, registry=registry)
+    return prom.Gauge(
+        family.name, family.help, labels, registry=registry, multiprocess_mode=family.mode or "all"
+    )
 
 
 def _multiprocess_collector() -> Any:

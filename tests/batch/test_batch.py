@@ -34,7 +34,7 @@ from flask import Flask
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from serving.batch.runner import predict_isolating
+from serving.batch.scoring import predict_isolating
 from serving.cli.main import main
 from serving.store.model_store import ModelStore
 
@@ -709,7 +709,7 @@ def test_memory_stays_flat_however_large_the_file(store: ModelStore, tmp_path: P
 
 
 def test_background_writes_run_in_order_and_raise_the_first_error() -> None:
-    from serving.batch.files import BackgroundWrites
+    from serving.batch.writing import BackgroundWrites
 
     done: list[int] = []
     writes = BackgroundWrites()
@@ -735,7 +735,7 @@ def test_background_writes_run_in_order_and_raise_the_first_error() -> None:
 def test_aborted_background_writes_skip_what_was_not_started() -> None:
     import threading
 
-    from serving.batch.files import BackgroundWrites
+    from serving.batch.writing import BackgroundWrites
 
     started, release, done = threading.Event(), threading.Event(), []
 

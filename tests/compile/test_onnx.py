@@ -16,7 +16,7 @@ from sklearn.datasets import load_iris
 
 from serving.cli.main import main
 from serving.compile import onnx as onnx_compile
-from serving.compile.onnx import ABS_TOL, REL_TOL
+from serving.compile.parity import ABS_TOL, REL_TOL
 from serving.store.model_store import ModelStore
 from tests.conftest import IRIS_ROW
 

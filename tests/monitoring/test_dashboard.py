@@ -17,7 +17,8 @@ from serving.api.dashboard import WEB
 from serving.api.state import get_monitor
 from serving.cli.main import main
 from serving.monitoring import traffic
-from serving.monitoring.monitor import COMPONENT, MIGRATIONS, Monitor
+from serving.monitoring.counts import COMPONENT, MIGRATIONS
+from serving.monitoring.monitor import Monitor
 from serving.store.model_store import ModelStore
 from serving.telemetry.datastore import DataStore
 from tests.conftest import IRIS_ROW

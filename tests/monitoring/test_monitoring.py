@@ -18,7 +18,8 @@ from sklearn.linear_model import LogisticRegression
 from serving.api.state import get_monitor
 from serving.cli.main import main
 from serving.monitoring import drift
-from serving.monitoring.monitor import Monitor, live_counts
+from serving.monitoring.monitor import Monitor
+from serving.monitoring.report import live_counts
 from serving.store.model_store import ModelStore
 from serving.store.reference import numeric_histogram
 from serving.telemetry.datastore import DataStore

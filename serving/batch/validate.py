@@ -1,0 +1,143 @@
+"""Checking one decoded chunk against the model's InputSchema, with numpy, row by row cheaply.
+
+Every bad row gets its first problem (reason, feature, message): a missing feature or value, a
+wrong type, a value that is not finite. The rows that pass become the model input, in the
+form the model was fitted on (an array, a DataFrame, an object array).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.batch.files import ABSENT, Decoded, Field
+from serving.features.schema import NUMERIC, InputSchema
+
+Problem = tuple[str, str | None, str]  # reason, feature (or None), message
+
+
+def validate(decoded: Decoded, schema: InputSchema) -> tuple[Any, np.ndarray, dict[int, Problem]]:
+    """The model input for the rows that pass, their mask, and the first problem of the others."""
+    problems: dict[int, Problem] = {
+        i: ("malformed_row", None, m) for i, m in decoded.broken.items()
+    }
+    columns = [
+        (_numbers if kind == NUMERIC else _strings)(column, label, decoded, problems)
+        for column, kind, label in zip(decoded.fields, schema.kinds, schema.labels)
+    ]
+    ok = np.ones(decoded.rows, dtype=bool)
+    if problems:
+        ok[list(problems)] = False
+    every = bool(ok.all())
+    if schema.numeric_only:
+        matrix = np.empty((decoded.rows, schema.n_features))
+        for j, column in enumerate(columns):
+            matrix[:, j] = column
+        return schema.to_model_input(matrix if every else matrix[ok]), ok, problems
+    data = {label: c if every else c[ok] for label, c in zip(schema.labels, columns)}
+    if schema.frame:
+        return pd.DataFrame(data, columns=schema.names), ok, problems
+    return np.column_stack(list(data.values())).astype(object), ok, problems
+
+
+def _numbers(column: Field, label: str, decoded: Decoded, problems: dict[int, Problem]) -> Any:
+    """float64 values (NaN where a row is bad); each bad row's first problem into `problems`."""
+    values = column.values
+    found: dict[int, Problem] = {}
+    if values.dtype.kind in "fiu":
+        floats = values.astype(np.float64, copy=False)
+    elif values.dtype.kind == "b":
+        floats = np.full(len(values), np.nan)
+        found = {i: _wrong(label, "a boolean") for i in range(len(values))}
+    elif decoded.text_numbers:
+        floats = _parse_text(values, label, found)
+    else:
+        floats = _coerce_objects(values.astype(object, copy=False), label, found)
+    bad = ~np.isfinite(floats)
+    if bad.any():
+        for i in np.flatnonzero(bad).tolist():
+            if i not in problems:
+                problems[i] = found.get(i) or _not_finite(floats[i], column, i, decoded, label)
+    return floats
+
+
+def _parse_text(values: np.ndarray, label: str, found: dict[int, Problem]) -> np.ndarray:
+    """CSV: a column with a non-number in it arrives as text; parse the numbers in it."""
+    parsed = pd.to_numeric(pd.Series(values, copy=False), errors="coerce")
+    floats = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+    for i in np.flatnonzero(np.isnan(floats)).tolist():
+        if isinstance(values[i], str):
+            found[i] = _wrong(label, _describe(values[i]))
+    return floats
+
+
+def _coerce_objects(values: np.ndarray, label: str, found: dict[int, Problem]) -> np.ndarray:
+    """JSON values: numbers pass; strings, booleans, nulls and absent keys are named."""
+    if pd.api.types.infer_dtype(values, skipna=False) in (
+        "floating",
+        "integer",
+        "mixed-integer-float",
+    ):
+        try:
+            return values.astype(np.float64)
+        except OverflowError:
+            pass
+    floats = np.full(len(values), np.nan)
+    for i, value in enumerate(values.tolist()):
+        kind = type(value)
+        if kind is float or kind is int:
+            try:
+                floats[i] = value
+            except OverflowError:
+                found[i] = _wrong(label, "an integer outside the float64 range")
+        elif value is ABSENT:
+            found[i] = ("missing_feature", label, f"feature {label!r} is missing")
+        elif value is None:
+            found[i] = ("missing_value", label, f"feature {label!r}: expected a number, got null")
+        else:
+            found[i] = _wrong(label, _describe(value))
+    return floats
+
+
+def _not_finite(value: float, column: Field, i: int, decoded: Decoded, label: str) -> Problem:
+    if column.nulls is not None and column.nulls[i]:
+        return "missing_value", label, f"feature {label!r}: expected a number, got null"
+    if np.isnan(value) and decoded.nan_is_missing:
+        return "missing_value", label, f"feature {label!r}: missing value (empty or NA)"
+    shown = "NaN" if np.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    return "not_finite", label, f"feature {label!r}: expected a finite number, got {shown}"
+
+
+def _strings(column: Field, label: str, decoded: Decoded, problems: dict[int, Problem]) -> Any:
+    """Categorical values: strings pass; anything else is named (bad rows are dropped later)."""
+    values = column.values.astype(object, copy=False)
+    if pd.api.types.infer_dtype(values, skipna=False) == "string":
+        return values
+    for i, value in enumerate(values.tolist()):
+        if type(value) is str or i in problems:
+            continue
+        if value is ABSENT:
+            problems[i] = ("missing_feature", label, f"feature {label!r} is missing")
+        elif value is None or (decoded.nan_is_missing and value != value):
+            problems[i] = ("missing_value", label, f"feature {label!r}: missing value")
+        else:
+            problems[i] = _wrong(label, _describe(value), "a string (categorical feature)")
+    return values
+
+
+def _wrong(label: str, got: str, expected: str = "a finite number") -> Problem:
+    return "wrong_type", label, f"feature {label!r}: expected {expected}, got {got}"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, str):
+        return f"a string ({value if len(value) <= 40 else value[:37] + '...'!r})"
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    if isinstance(value, (int, float, np.number)):
+        return "a number"
+    return {dict: "an object", list: "a list"}.get(type(value), f"a {type(value).__name__}")
