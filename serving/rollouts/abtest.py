@@ -7,7 +7,7 @@ the same as a 2x2 chi-square without correction; Welch's t-test on absolute erro
 verdict: a winner at p < alpha, or how many more labelled predictions per variant a test with
 80% power would need at the observed effect. Several challengers share alpha (Bonferroni).
 
-Pure functions over the rows `predlog.read_window` returns (the statistics are
+Pure functions over the rows `telemetry.window.read_window` returns (the statistics are
 `serving.rollouts.stats`); `build_report` does the reading. No Flask here.
 """
 
@@ -35,7 +35,7 @@ from serving.rollouts.stats import (
 from serving.store.deployment import variant_name
 from serving.store.model_store import ModelStore
 from serving.telemetry.datastore import DataStore
-from serving.telemetry.predlog import WindowRows, read_window
+from serving.telemetry.window import WindowRows, read_window
 
 # Cohen's h (accuracy) or d (MAE) below this is "about zero": the variants perform the same.
 NEGLIGIBLE_EFFECT = 0.01

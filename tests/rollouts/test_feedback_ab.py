@@ -23,8 +23,10 @@ from serving.rollouts import stats as ab_stats
 from serving.settings import Settings
 from serving.store.model_store import ModelStore
 from serving.telemetry.datastore import DataStore
-from serving.telemetry.predlog import Feedback, SQLiteRecorder, WindowRows, store_feedback
+from serving.telemetry.feedback import Feedback, store_feedback
+from serving.telemetry.predlog import SQLiteRecorder
 from serving.telemetry.recorder import PredictionRecord
+from serving.telemetry.window import WindowRows
 from tests.conftest import IRIS_ROW
 
 NOW = 1_800_000_000.0
