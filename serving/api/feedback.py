@@ -22,7 +22,8 @@ from serving.errors import InvalidInput, ModelNotFound
 from serving.rollouts.abtest import build_report
 from serving.store.model_store import DEFAULT_ALIAS, NAME_RE
 from serving.telemetry.datastore import WINDOW_RE, parse_window
-from serving.telemetry.predlog import Feedback, PredictionLogOff, SQLiteRecorder
+from serving.telemetry.feedback import Feedback
+from serving.telemetry.predlog import PredictionLogOff, SQLiteRecorder
 
 bp = Blueprint("feedback", __name__, url_prefix="/v1")
 MAX_FEEDBACK_ITEMS = 1000

@@ -31,8 +31,8 @@ from serving.batch.files import Decoded, RawChunk, Reading
 from serving.batch.validate import Problem, validate
 from serving.errors import ModelUnavailable
 from serving.runtime import artifacts
-from serving.runtime.loader import prepare
 from serving.runtime.model import LoadedModel
+from serving.runtime.prepare import prepare
 from serving.store.model_store import ModelStore
 
 # Errors a model raises for values it refuses (unknown category, bad dtype): the row is rejected.
@@ -173,7 +173,7 @@ class Scorer:
     def _predict(self, features: Any) -> tuple[np.ndarray, np.ndarray | None]:
         model = self._loaded.runner  # the model, or a numpy kernel verified to answer the same
         with warnings.catch_warnings():
-            # A model fitted on a DataFrame and fed the equivalent array (see loader.prepare).
+            # A model fitted on a DataFrame and fed the equivalent array (see runtime.prepare).
             warnings.filterwarnings("ignore", message="X does not have valid feature names")
             predictions = np.asarray(model.predict(features))
             probabilities = np.asarray(model.predict_proba(features)) if self._job.proba else None

@@ -31,6 +31,7 @@ from serving.store.fsutil import (
     exclusive_lock,
     fsync_dir,
 )
+from serving.store.history import previous_version, version_before_split
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALIAS_RE = NAME_RE
@@ -259,9 +260,9 @@ class ModelStore:
             if current is None:
                 raise StoreError(f"{name}: alias {alias!r} points at no version")
             if alias in deployment.get("routes", {}):
-                target = _version_before_split(self.history(name), alias) or current
+                target = version_before_split(self.history(name), alias) or current
             else:
-                target = _previous_version(self.history(name), alias, current)
+                target = previous_version(self.history(name), alias, current)
             if target is None:
                 raise StoreError(f"{name}: alias {alias!r} has no earlier version to roll back to")
             self._set_alias(name, alias, target, "rollback", actor)
@@ -352,35 +353,6 @@ class ModelStore:
             append_line(self.model_dir(name) / HISTORY, json.dumps(event).encode())
         except OSError as exc:
             raise StoreError(f"could not append to {HISTORY}: {exc.strerror or exc}") from None
-
-
-def _previous_version(history: list[dict[str, Any]], alias: str, current: int) -> int | None:
-    """The version `alias` had before the promote that made it `current`."""
-    for event in reversed(history):
-        if (
-            event.get("action") in ("promote", "route")
-            and event.get("alias") == alias
-            and event.get("version") == current
-            and event.get("previous") not in (None, current)
-        ):
-            return int(event["previous"])
-    return None
-
-
-def _version_before_split(history: list[dict[str, Any]], alias: str) -> int | None:
-    """The version `alias` served before the run of `route` events that split it."""
-    before = None
-    for event in reversed(history):
-        if event.get("alias") != alias or event.get("action") not in (
-            "promote",
-            "rollback",
-            "route",
-        ):
-            continue
-        if event["action"] != "route":
-            break
-        before = event.get("previous")
-    return int(before) if before is not None else None
 
 
 def _read_reference(path: Path) -> Any:

@@ -1,4 +1,4 @@
-"""The prediction log and feedback, in the embedded store, written off the request path.
+"""The prediction log, in the embedded store, written off the request path.
 
 `SQLiteRecorder.record()` runs on the request path and only samples and appends to a bounded
 in-memory queue (full: the record is dropped and counted, the request never waits). A daemon
@@ -21,7 +21,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,27 +29,11 @@ import orjson
 from serving.errors import ServingError
 from serving.settings import Settings
 from serving.telemetry.datastore import DataStore
+from serving.telemetry.feedback import Feedback, FeedbackResult, store_feedback
+from serving.telemetry.predlog_schema import COMPONENT, MIGRATIONS
 from serving.telemetry.recorder import PredictionRecord, Recorder
 
 log = logging.getLogger(__name__)
-
-COMPONENT = "predlog"
-MIGRATIONS = [
-    [
-        "CREATE TABLE predictions (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL,"
-        " at REAL NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL, alias TEXT,"
-        " variant TEXT, shadow INTEGER NOT NULL, status INTEGER NOT NULL,"
-        " latency_ms REAL NOT NULL, rows INTEGER NOT NULL, inputs TEXT, outputs TEXT)",
-        "CREATE INDEX predictions_by_model ON predictions (model, alias, at)",
-        "CREATE INDEX predictions_by_request ON predictions (request_id)",
-        "CREATE INDEX predictions_by_time ON predictions (at)",
-        # The true label (classifier) or value (regressor) of one row of one prediction.
-        "CREATE TABLE feedback (request_id TEXT NOT NULL, row INTEGER NOT NULL,"
-        " truth TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL,"
-        " PRIMARY KEY (request_id, row))",
-        "CREATE INDEX feedback_by_time ON feedback (at)",
-    ],
-]
 QUEUE_SIZE = 10_000  # records waiting per worker; beyond it they are dropped and counted
 FLUSH_INTERVAL = 0.2  # seconds between the writer's transactions
 PRUNE_INTERVAL = 60.0  # seconds between retention passes of each worker
@@ -330,109 +313,3 @@ def _fallback(value: Any) -> Any:
     if isinstance(value, np.generic | np.ndarray):
         return value.tolist()
     return str(value)
-
-
-# -- feedback --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """The truth for one row of one logged prediction."""
-
-    request_id: str
-    truth: Any  # a class label, or a number for a regressor
-    kind: str = "label"  # "label" | "value"
-    row: int = 0
-
-
-@dataclass(frozen=True)
-class FeedbackResult:
-    accepted: int
-    unknown: list[str] = field(default_factory=list)  # request ids no prediction has
-    invalid_rows: list[dict[str, Any]] = field(default_factory=list)  # row past the prediction's
-
-
-def store_feedback(datastore: DataStore, items: Sequence[Feedback], now: float) -> FeedbackResult:
-    """Insert (or replace: the latest truth wins) feedback whose prediction is logged."""
-    if not items:
-        return FeedbackResult(0)
-    datastore.ensure_schema(COMPONENT, MIGRATIONS)
-    ids = sorted({item.request_id for item in items})
-    conn = datastore.connect()
-    rows_of = dict(
-        conn.execute(
-            "SELECT request_id, MAX(rows) FROM predictions WHERE shadow = 0 AND request_id IN "
-            "(SELECT value FROM json_each(?)) GROUP BY request_id",
-            (orjson.dumps(ids).decode(),),
-        ).fetchall()
-    )
-    accepted, invalid = [], []
-    for item in items:
-        rows = rows_of.get(item.request_id)
-        if rows is None:
-            continue
-        if item.row >= rows:
-            invalid.append({"request_id": item.request_id, "row": item.row, "rows": rows})
-            continue
-        accepted.append((item.request_id, item.row, orjson.dumps(item.truth).decode(), item.kind))
-    if accepted:
-        with datastore.transaction() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO feedback (request_id, row, truth, kind, at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(*values, now) for values in accepted],
-            )
-    unknown = [rid for rid in ids if rid not in rows_of]
-    return FeedbackResult(len(accepted), unknown, invalid)
-
-
-# -- reading a window (for the A/B report) ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WindowRows:
-    """The raw material of an A/B report: plain tuples, read in a handful of queries."""
-
-    requests: list[tuple[int, int, float, int]]  # (version, status, latency_ms, rows)
-    outputs: list[tuple[int, Any, int]]  # (version, predicted value, how many rows)
-    labelled: list[tuple[int, Any, Any]]  # (version, predicted, truth)
-    shadows: list[tuple[int, str, str]]  # (shadow version, primary outputs, shadow outputs)
-
-
-_WHERE = "p.model = ? AND p.alias = ? AND p.at >= ? AND p.at <= ?"
-
-
-def read_window(
-    datastore: DataStore, model: str, alias: str, since: float, until: float
-) -> WindowRows:
-    """What the primary traffic (and shadows) of `model`/`alias` did between two times."""
-    if not datastore.exists():
-        return WindowRows([], [], [], [])
-    datastore.ensure_schema(COMPONENT, MIGRATIONS)
-    conn = datastore.connect()
-    args = (model, alias, since, until)
-    requests = conn.execute(
-        f"SELECT p.version, p.status, p.latency_ms, p.rows FROM predictions p"
-        f" WHERE {_WHERE} AND p.shadow = 0",
-        args,
-    ).fetchall()
-    outputs = conn.execute(
-        f"SELECT p.version, j.value, COUNT(*) FROM predictions p, json_each(p.outputs) j"
-        f" WHERE {_WHERE} AND p.shadow = 0 AND p.status = 200 GROUP BY p.version, j.value",
-        args,
-    ).fetchall()
-    labelled = conn.execute(
-        f"SELECT p.version, json_extract(p.outputs, '$[' || f.row || ']'),"
-        f" json_extract(f.truth, '$') FROM predictions p"
-        f" JOIN feedback f ON f.request_id = p.request_id AND f.row < p.rows"
-        f" WHERE {_WHERE} AND p.shadow = 0 AND p.status = 200",
-        args,
-    ).fetchall()
-    shadows = conn.execute(
-        f"SELECT p.version, q.outputs, p.outputs FROM predictions p"
-        f" JOIN predictions q ON q.request_id = p.request_id AND q.model = p.model"
-        f" AND q.shadow = 0 AND q.status = 200"
-        f" WHERE {_WHERE} AND p.shadow = 1 AND p.outputs IS NOT NULL",
-        args,
-    ).fetchall()
-    return WindowRows(requests, outputs, labelled, shadows)

@@ -19,11 +19,14 @@ from serving.api.feedback import ABReportSchema, FeedbackResponseSchema
 from serving.api.state import get_state
 from serving.cli.main import main
 from serving.rollouts import abtest
+from serving.rollouts import stats as ab_stats
 from serving.settings import Settings
 from serving.store.model_store import ModelStore
 from serving.telemetry.datastore import DataStore
-from serving.telemetry.predlog import Feedback, SQLiteRecorder, WindowRows, store_feedback
+from serving.telemetry.feedback import Feedback, store_feedback
+from serving.telemetry.predlog import SQLiteRecorder
 from serving.telemetry.recorder import PredictionRecord
+from serving.telemetry.window import WindowRows
 from tests.conftest import IRIS_ROW
 
 NOW = 1_800_000_000.0
@@ -169,14 +172,14 @@ def test_feedback_with_nan_value_is_refused(client: FlaskClient) -> None:
 
 
 def test_wilson_interval_matches_published_values() -> None:
-    low, high = abtest.wilson_interval(8, 10)
+    low, high = ab_stats.wilson_interval(8, 10)
     assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)
-    assert abtest.wilson_interval(0, 10)[0] == 0.0
-    assert abtest.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert ab_stats.wilson_interval(0, 10)[0] == 0.0
+    assert ab_stats.wilson_interval(10, 10)[1] == pytest.approx(1.0)
 
 
 def test_two_proportion_test_is_the_uncorrected_chi_square() -> None:
-    z, p = abtest.two_proportion_test(160, 200, 176, 200)
+    z, p = ab_stats.two_proportion_test(160, 200, 176, 200)
     chi2, chi_p, _, _ = stats.chi2_contingency([[160, 40], [176, 24]], correction=False)
     assert z == pytest.approx(math.sqrt(chi2)) and p == pytest.approx(chi_p)
 
@@ -189,7 +192,7 @@ def test_sample_size_matches_the_classic_two_proportion_formula() -> None:
     classic = (
         za * math.sqrt(2 * pooled * (1 - pooled)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
     ) ** 2 / (p1 - p2) ** 2
-    needed = abtest.needed_per_group(h)
+    needed = ab_stats.needed_per_group(h)
     assert needed is not None and abs(needed - classic) / classic < 0.03
 
 

@@ -154,7 +154,7 @@ def test_loader_refuses_a_kernel_that_answers_differently(
 
     monkeypatch.setattr(kernels, "compile_linear", broken)
     loader = ModelLoader(linear_store, Metrics())
-    with caplog.at_level(logging.WARNING, logger="serving.runtime.loader"):
+    with caplog.at_level(logging.WARNING, logger="serving.runtime.prepare"):
         loader.refresh()
     loaded = loader.resolve("spam")
     assert loaded.runtime == "sklearn"  # still served, by scikit-learn

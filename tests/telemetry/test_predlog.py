@@ -23,7 +23,9 @@ from serving.errors import ConfigError, InvalidInput
 from serving.settings import Settings
 from serving.store.model_store import ModelStore
 from serving.telemetry.datastore import DataStore, DataStoreError, parse_window
-from serving.telemetry.predlog import MIGRATIONS, Feedback, SQLiteRecorder, sampled, store_feedback
+from serving.telemetry.feedback import Feedback, store_feedback
+from serving.telemetry.predlog import SQLiteRecorder, sampled
+from serving.telemetry.predlog_schema import MIGRATIONS
 from serving.telemetry.recorder import PredictionRecord, Recorder
 from tests.conftest import IRIS_ROW
 

@@ -1,0 +1,21 @@
+"""The prediction log's tables (predictions, feedback), shared by the recorder and the readers."""
+
+from __future__ import annotations
+
+COMPONENT = "predlog"
+MIGRATIONS = [
+    [
+        "CREATE TABLE predictions (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL,"
+        " at REAL NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL, alias TEXT,"
+        " variant TEXT, shadow INTEGER NOT NULL, status INTEGER NOT NULL,"
+        " latency_ms REAL NOT NULL, rows INTEGER NOT NULL, inputs TEXT, outputs TEXT)",
+        "CREATE INDEX predictions_by_model ON predictions (model, alias, at)",
+        "CREATE INDEX predictions_by_request ON predictions (request_id)",
+        "CREATE INDEX predictions_by_time ON predictions (at)",
+        # The true label (classifier) or value (regressor) of one row of one prediction.
+        "CREATE TABLE feedback (request_id TEXT NOT NULL, row INTEGER NOT NULL,"
+        " truth TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL,"
+        " PRIMARY KEY (request_id, row))",
+        "CREATE INDEX feedback_by_time ON feedback (at)",
+    ],
+]
