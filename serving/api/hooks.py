@@ -1,4 +1,8 @@
-"""Per-request bookkeeping: request id, one JSON log line, metrics, traffic and drift counts."""
+"""Per-request bookkeeping: request id, one JSON log line, metrics, traffic and drift counts.
+
+A predict view puts one `dataplane.Outcome` on `g.outcome` once it has routed; everything here
+reads that object (never per-protocol attributes), and schedules the outcome's shadow copy.
+"""
 
 from __future__ import annotations
 

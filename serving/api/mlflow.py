@@ -1,8 +1,9 @@
 """The MLflow scoring protocol (`mlflow models serve`, SageMaker): a thin front door over the core.
 
 `POST /invocations` scores the default model (`SERVING_DEFAULT_MODEL`, or the only deployed
-model) with the same loader, validation, prediction and request log/metrics as /v1; answers are
-`{"predictions": [...]}` and errors `{"error_code": "...", "message": "..."}`, like MLflow's.
+model's production alias) through the same dataplane as /v1 (split, sticky `X-Routing-Key`,
+shadow, validation, request log and metrics); answers are `{"predictions": [...]}` and errors
+`{"error_code": "...", "message": "..."}`, like MLflow's.
 """
 
 from __future__ import annotations

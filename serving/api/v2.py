@@ -1,7 +1,8 @@
-"""Open Inference Protocol (KServe "V2", Triton clients): a thin front door over the /v1 core.
+"""Open Inference Protocol (KServe "V2", Triton clients): a thin front door over the dataplane.
 
-Same loader, same `predict_array` validation, same request log and StatsD as /v1; payloads are
-translated by `serving.protocols.v2`. Errors leave as `{"error": "..."}` (see `serving.api.errors`).
+Same routing (split, sticky `X-Routing-Key`, shadow), validation, request log and StatsD as /v1;
+payloads are translated by `serving.protocols.v2`. Errors leave as `{"error": "..."}` (see
+`serving.api.errors`).
 """
 
 from __future__ import annotations
