@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import orjson
-from flask import Request, Response, g
+from flask import Request, Response
 from marshmallow import Schema, ValidationError
 
 from serving.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
@@ -87,13 +87,3 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     response = Response(orjson.dumps(body, option=_DUMP_OPTIONS), status=status, headers=headers)
     response.mimetype = "application/json"
     return response
-
-
-def record_prediction(result: Any) -> None:
-    """Tell the request hooks (log line, StatsD) what a front door predicted."""
-    g.model, g.version = result.model, result.version
-    g.rows = result.rows
-    g.class_counts = result.class_counts()
-    g.outputs = result.predictions
-    g.features, g.probabilities = result.features, result.probabilities  # drift monitor
-    g.cache = result.cache

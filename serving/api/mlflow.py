@@ -1,21 +1,22 @@
 """The MLflow scoring protocol (`mlflow models serve`, SageMaker): a thin front door over the core.
 
 `POST /invocations` scores the default model (`SERVING_DEFAULT_MODEL`, or the only deployed
-model) with the same loader, validation, prediction and request log/metrics as /v1; answers are
-`{"predictions": [...]}` and errors `{"error_code": "...", "message": "..."}`, like MLflow's.
+model's production alias) through the same dataplane as /v1 (split, sticky `X-Routing-Key`,
+shadow, validation, request log and metrics); answers are `{"predictions": [...]}` and errors
+`{"error_code": "...", "message": "..."}`, like MLflow's.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, g, request
 
-from serving.api.jsonio import _read_body, json_response, read_json, record_prediction
+from serving import dataplane
+from serving.api.jsonio import _read_body, json_response, read_json
 from serving.api.openapi import VERSION, doc
 from serving.api.state import ServingState, get_state
 from serving.errors import ModelNotFound, ServingError, UnsupportedMediaType
 from serving.protocols import mlflow as mlflow_format
 from serving.runtime.model import LoadedModel
-from serving.runtime.predict import PredictionResult, predict, predict_array
 from serving.store.model_store import DEFAULT_ALIAS
 
 # Failures on these paths are rendered in MLflow's error shape (see api/errors.py).
@@ -52,10 +53,11 @@ _PREDICTIONS = {"type": "object", "properties": {"predictions": {"type": "array"
 )
 def invocations() -> Response:
     mimetype = _content_type()
-    loaded = default_model(get_state())
-    g.model, g.version = loaded.name, loaded.version
-    result = _score_csv(loaded) if mimetype == CSV else _score_json(loaded)
-    record_prediction(result)
+    state = get_state()
+    g.outcome = outcome = _route_default(state, request.headers.get("X-Routing-Key"))
+    loaded = outcome.served
+    rows = _csv_rows(loaded) if mimetype == CSV else _json_rows(loaded)
+    result = dataplane.infer(outcome, rows, max_instances=state.settings.max_instances)
     return json_response({"predictions": result.predictions})
 
 
@@ -95,11 +97,16 @@ def error_response(status: int, message: str) -> Response:
 
 def default_model(state: ServingState) -> LoadedModel:
     """The model /invocations scores: SERVING_DEFAULT_MODEL, or the only deployed model."""
+    return _route_default(state, None).served
+
+
+def _route_default(state: ServingState, key: str | None) -> dataplane.Outcome:
+    """The default model's production alias, through its split (sticky by `key`) and shadow."""
     name = state.settings.default_model
     if name is None:
-        return state.loader.resolve(_only_deployed(state))
+        return dataplane.route(state.loader, _only_deployed(state), key=key)
     try:
-        return state.loader.resolve(name)
+        return dataplane.route(state.loader, name, key=key)
     except ModelNotFound as exc:
         raise ModelNotFound(f"SERVING_DEFAULT_MODEL={name!r}: {exc.message}", exc.details) from None
 
@@ -133,21 +140,14 @@ def _content_type() -> str:
     return request.mimetype
 
 
-def _score_json(loaded: LoadedModel) -> PredictionResult:
+def _json_rows(loaded: LoadedModel) -> dataplane.Rows:
     payload, may_have_bools = read_json(request)
     instances = mlflow_format.to_instances(mlflow_format.parse_json(payload), loaded.schema)
-    return predict(
-        loaded,
-        instances,
-        max_instances=get_state().settings.max_instances,
-        may_have_bools=may_have_bools,
-    )
+    return dataplane.Rows(instances=instances, may_have_bools=may_have_bools)
 
 
-def _score_csv(loaded: LoadedModel) -> PredictionResult:
+def _csv_rows(loaded: LoadedModel) -> dataplane.Rows:
     frame = mlflow_format.read_csv(_read_body(request), loaded.schema)
-    max_instances = get_state().settings.max_instances
     if loaded.schema.numeric_only:
-        matrix = mlflow_format.csv_matrix(frame, loaded.schema)
-        return predict_array(loaded, matrix, max_instances=max_instances)
-    return predict(loaded, mlflow_format.csv_rows(frame), max_instances=max_instances)
+        return dataplane.Rows(array=mlflow_format.csv_matrix(frame, loaded.schema))
+    return dataplane.Rows(instances=mlflow_format.csv_rows(frame))

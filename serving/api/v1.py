@@ -8,7 +8,8 @@ from typing import Any
 from flask import Blueprint, Response, g, request
 from marshmallow import ValidationError
 
-from serving.api.jsonio import json_response, read_json, record_prediction
+from serving import dataplane
+from serving.api.jsonio import json_response, read_json
 from serving.api.openapi import doc
 from serving.api.schemas import (
     ErrorSchema,
@@ -18,11 +19,9 @@ from serving.api.schemas import (
     PredictResponseSchema,
     VersionMetadataSchema,
 )
-from serving.api.shadow import shadow_call
 from serving.api.state import get_state
 from serving.errors import InvalidInput, ModelNotFound
-from serving.runtime.model import LoadedModel, ModelState
-from serving.runtime.predict import predict
+from serving.runtime.model import ModelState
 from serving.store.model_store import DEFAULT_ALIAS
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
@@ -42,19 +41,14 @@ def predict_default(name: str) -> Response:
 def predict_alias(name: str, alias: str) -> Response:
     payload, may_have_bools = _load_envelope()
     key = request.headers.get("X-Routing-Key") or payload.get("routing_key")
-    choice = get_state().loader.choose(name, alias, key)
-    g.alias, g.variant = alias, choice.variant
-    response = _predict(choice.loaded, payload, may_have_bools)
-    if choice.shadow is not None:
-        response.call_on_close(shadow_call(choice.shadow, payload, response))
-    return response
+    return _predict(payload, may_have_bools, name, alias=alias, key=key)
 
 
 @bp.post("/models/<name>/versions/<int:version>/predict")
 @doc("Predict with a pinned version", "v1", _PREDICT_DOC, PredictRequestSchema)
 def predict_version(name: str, version: int) -> Response:
     payload, may_have_bools = _load_envelope()
-    return _predict(get_state().loader.get_version(name, version), payload, may_have_bools)
+    return _predict(payload, may_have_bools, name, version=version)
 
 
 @bp.get("/models")
@@ -87,21 +81,24 @@ def _load_envelope() -> tuple[dict[str, Any], bool]:
         raise InvalidInput("the request does not match the schema", err.messages_dict) from None
 
 
-def _predict(loaded: LoadedModel, payload: dict[str, Any], may_have_bools: bool) -> Response:
-    g.model, g.version = loaded.name, loaded.version
-    g.instances = payload["instances"]
-    settings = get_state().settings
-    result = predict(
-        loaded,
-        payload["instances"],
-        return_proba=payload["return_proba"],
-        max_instances=settings.max_instances,
-        may_have_bools=may_have_bools,
-    )
-    record_prediction(result)
+def _predict(
+    payload: dict[str, Any],
+    may_have_bools: bool,
+    name: str,
+    alias: str | None = None,
+    version: int | None = None,
+    key: str | None = None,
+) -> Response:
+    """Route (an alias's split and shadow, or a pinned version), predict, encode the body."""
+    state = get_state()
+    # The request hooks' one source, set before predicting: a refused input still counts.
+    g.outcome = outcome = dataplane.route(state.loader, name, alias, version, key)
+    rows = dataplane.Rows(instances=payload["instances"], may_have_bools=may_have_bools)
+    max_instances = state.settings.max_instances
+    result = dataplane.infer(outcome, rows, payload["return_proba"], max_instances)
     body = result.body()
     body["request_id"] = g.request_id
-    variant = g.get("variant")
+    variant = outcome.variant
     if variant is not None:
         body["variant"] = variant
     return json_response(body, headers={"X-Model-Variant": variant} if variant else None)

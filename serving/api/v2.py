@@ -1,20 +1,21 @@
-"""Open Inference Protocol (KServe "V2", Triton clients): a thin front door over the /v1 core.
+"""Open Inference Protocol (KServe "V2", Triton clients): a thin front door over the dataplane.
 
-Same loader, same `predict_array` validation, same request log and StatsD as /v1; payloads are
-translated by `serving.protocols.v2`. Errors leave as `{"error": "..."}` (see `serving.api.errors`).
+Same routing (split, sticky `X-Routing-Key`, shadow), validation, request log and StatsD as /v1;
+payloads are translated by `serving.protocols.v2`. Errors leave as `{"error": "..."}` (see
+`serving.api.errors`).
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, g, request
 
-from serving.api.jsonio import _read_body, json_response, record_prediction
+from serving import dataplane
+from serving.api.jsonio import _read_body, json_response
 from serving.api.openapi import VERSION, doc
 from serving.api.state import get_state
 from serving.errors import UnsupportedMediaType, VersionNotFound
 from serving.protocols import v2 as v2codec
 from serving.runtime.model import LoadedModel
-from serving.runtime.predict import predict_array
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -106,18 +107,15 @@ def model_ready(name: str, version: str | None = None) -> Response:
     body_types=(JSON, BINARY),
 )
 def infer(name: str, version: str | None = None) -> Response:
-    loaded = _model(name, version)
-    g.model, g.version = loaded.name, loaded.version
+    state = get_state()
+    pinned, key = _pinned(name, version), request.headers.get("X-Routing-Key")
+    g.outcome = outcome = dataplane.route(state.loader, name, version=pinned, key=key)
     infer_request = v2codec.parse_infer_request(_infer_body(), request.headers.get(HEADER_LENGTH))
-    specs = v2codec.output_specs(loaded)
+    specs = v2codec.output_specs(outcome.served)
     v2codec.check_outputs(infer_request, specs)
-    result = predict_array(
-        loaded,
-        infer_request.array,
-        return_proba=infer_request.wants(v2codec.PROBA),
-        max_instances=get_state().settings.max_instances,
-    )
-    record_prediction(result)
+    rows = dataplane.Rows(array=infer_request.array)
+    proba, max_instances = infer_request.wants(v2codec.PROBA), state.settings.max_instances
+    result = dataplane.infer(outcome, rows, proba, max_instances)
     body, header_length = v2codec.encode_infer_response(result, infer_request, specs)
     if header_length is None:
         return Response(body, mimetype=JSON)
@@ -145,12 +143,19 @@ def error_response(status: int, message: str) -> Response:
 
 def _model(name: str, version: str | None) -> LoadedModel:
     """The version an alias serves (production), or a pinned one: the same loader as /v1."""
-    loader = get_state().loader
+    pinned = _pinned(name, version)
+    if pinned is None:
+        return get_state().loader.resolve(name)
+    return get_state().loader.get_version(name, pinned)
+
+
+def _pinned(name: str, version: str | None) -> int | None:
+    """The version a V2 path pins (None: the production alias); integers only."""
     if version is None:
-        return loader.resolve(name)
+        return None
     if not (version.isascii() and version.isdigit()):
         raise VersionNotFound(f"model {name!r} has no version {version!r}: versions are integers")
-    return loader.get_version(name, int(version))
+    return int(version)
 
 
 def _versions(name: str) -> list[int]:

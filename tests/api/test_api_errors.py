@@ -312,12 +312,12 @@ def test_unexpected_exception_is_500_without_internals(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A real model cannot be made to hit a true bug on demand: patch the core to raise one.
-    import serving.api.v1 as v1
+    import serving.dataplane
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret internal detail /etc/passwd")
 
-    monkeypatch.setattr(v1, "predict", broken)
+    monkeypatch.setattr(serving.dataplane, "infer", broken)
     response = client.post(PREDICT, json={"instances": [IRIS_ROW]}, headers={"X-Request-ID": "r-9"})
     assert response.status_code == 500
     body = response.get_json()

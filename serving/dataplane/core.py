@@ -1,0 +1,43 @@
+"""Route a request (variant and shadow of an alias, or a pinned version), then predict."""
+
+from __future__ import annotations
+
+from serving.dataplane.outcome import Outcome, Rows
+from serving.runtime.loader import ModelLoader
+from serving.runtime.predict import PredictionResult
+from serving.store.model_store import DEFAULT_ALIAS
+
+
+def route(
+    loader: ModelLoader,
+    name: str,
+    alias: str | None = DEFAULT_ALIAS,
+    version: int | None = None,
+    key: str | None = None,
+) -> Outcome:
+    """What serves this request: a pinned `version` (no variant, no shadow), else `alias`
+    through its split (sticky by `key`) with its shadow. ModelNotFound / ModelUnavailable.
+
+    Routing comes before decoding: V2 and MLflow decode against the chosen version's schema.
+    """
+    if version is not None:
+        return Outcome(loader.get_version(name, version), None, None, None)
+    alias = alias or DEFAULT_ALIAS
+    choice = loader.choose(name, alias, key)
+    return Outcome(choice.loaded, alias, choice.variant, choice.shadow)
+
+
+def infer(
+    outcome: Outcome,
+    rows: Rows,
+    return_proba: bool = False,
+    max_instances: int | None = None,
+) -> PredictionResult:
+    """Predict `rows` with the routed version; the outcome keeps the rows and the result.
+
+    Raises the runtime's InvalidInput (422) for rows the version cannot take; the outcome then
+    has no result, and is counted as a failed request of its version.
+    """
+    outcome.rows = rows
+    outcome.result = result = rows.predict(outcome.served, return_proba, max_instances)
+    return result
