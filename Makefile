@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export SERVING_MODEL_STORE ?= model_store
 
-.PHONY: run test lint check demo venv dev clean browser
+.PHONY: run test lint check demo venv dev clean browser docs nginx
 
 # The runtime virtualenv: re-made whenever requirements.txt changes.
 $(VENV)/.runtime: requirements.txt
@@ -28,7 +28,7 @@ run: demo
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 # On both cores (pytest-xdist); the layer contracts and the docs build are tests too.
-test: dev browser
+test: dev browser nginx
 	$(PY) -m pytest -n 2
 
 # Headless Chromium for the dashboard's browser test (Debian's package). Never fails: where it
@@ -37,6 +37,13 @@ browser:
 	@command -v chromium >/dev/null || (apt-get install -y chromium || (apt-get update && \
 		apt-get install -y chromium)) || echo "make browser: could not install chromium;" \
 		"the dashboard browser test will skip"
+
+# nginx for the fleet test (tests/e2e/test_fleet_nginx.py), Debian's package; never fails:
+# where it cannot be installed, that test skips and says why.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get install -y nginx || \
+		(apt-get update && apt-get install -y nginx)) || echo "make nginx: could not install" \
+		"nginx; the fleet test will skip"
 
 # `lint` fixes what it can; `check` only reads (CI-safe).
 lint: dev
@@ -47,6 +54,11 @@ check: dev
 	$(VENV)/bin/ruff format --check serving tests bench gunicorn.conf.py
 	$(VENV)/bin/ruff check serving tests bench gunicorn.conf.py
 	$(VENV)/bin/lint-imports
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or a page
+# missing from the nav fails.
+docs: dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # Benchmark on loopback (bench/run.py), 4-5 minutes: BENCH_QUICK=1 for under 90 s,
 # BENCH_WORKERS=N (default 2), BENCH_DURATION=s per cell. Installs wrk (Debian) if missing.

@@ -199,7 +199,7 @@ def mlflow_servers(workdir: Path, workers: int) -> dict[str, dict[str, PeerServe
 
     With N workers (per-core comparable with ours) and, as "mlflow-1w", with one: on uvicorn's
     multi-process mode, each request on a kept-alive connection waited ~50 ms for the event
-    loop (see README), which a single worker does not."""
+    loop (see docs/performance.md), which a single worker does not."""
     models = MLFLOW.export(workdir / "mlflow-models")
     labels = {"mlflow": workers} | ({"mlflow-1w": 1} if workers != 1 else {})
     out: dict[str, dict[str, PeerServer]] = {}

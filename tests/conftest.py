@@ -23,6 +23,7 @@ from serving.api.state import get_state
 from serving.app import create_app
 from serving.settings import Settings
 from serving.store.model_store import ModelStore
+from tests.openapi_check import ConformingClient
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 
@@ -157,8 +158,10 @@ def make_app(settings: Settings) -> Iterator[Callable[..., Flask]]:
     apps: list[Flask] = []
 
     def build(**overrides: object) -> Flask:
-        apps.append(create_app(dataclasses.replace(settings, **overrides)))
-        return apps[-1]
+        app = create_app(dataclasses.replace(settings, **overrides))
+        app.test_client_class = ConformingClient  # every answer checked against /openapi.json
+        apps.append(app)
+        return app
 
     yield build
     for app in apps:

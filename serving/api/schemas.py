@@ -106,6 +106,12 @@ class ModelDetailSchema(ModelSummarySchema):
     input = fields.String(
         metadata={"enum": ["array", "frame"], "description": "what the model is fed"}
     )
+    runtime = fields.String(
+        metadata={
+            "enum": ["sklearn", "numpy-linear", "onnxruntime"],
+            "description": "what answers: the estimator, a verified numpy kernel, ONNX Runtime",
+        }
+    )
 
 
 class ModelListSchema(Schema):
