@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import StoreError
-from serving.store.candidate import ArtifactPolicy
+from serving.store.artifact_policy import ArtifactPolicy
 
 
 def add_arguments(register: Any) -> None:

@@ -17,9 +17,9 @@ import sklearn
 from serving.runtime.errors import ModelLoadError
 from serving.runtime.onnx import load_onnx
 from serving.runtime.skops_loading import load_skops
+from serving.store.artifact_policy import pickle_allowed, refusal
 from serving.store.artifacts import ARTIFACT_NAME
 from serving.store.fsutil import sha256_file
-from serving.store.pickle_policy import pickle_allowed, refusal
 
 __all__ = ["ModelLoadError", "load_version"]
 
@@ -28,7 +28,7 @@ def load_version(
     version_dir: Path,
     metadata: dict[str, Any],
     allow_mismatch: bool,
-    allow_pickle: bool | None = None,  # None: SERVING_ALLOW_PICKLE (serving.store.pickle_policy)
+    allow_pickle: bool | None = None,  # None: SERVING_ALLOW_PICKLE (serving.store.artifact_policy)
 ) -> Any:
     """Verify and load one stored version, or raise ModelLoadError with the reason."""
     path = version_dir / metadata.get("artifact", ARTIFACT_NAME)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,14 @@ import pandas as pd
 from serving.errors import StoreError
 from serving.features.schema import InputSchema
 from serving.store import artifacts, skops_format
-from serving.store.pickle_policy import PICKLE_SUFFIXES, pickle_allowed, refusal
+from serving.store.artifact_policy import (
+    PICKLE_SUFFIXES,
+    ArtifactPolicy,
+    pickle_allowed,
+    refusal,
+)
 
 _CHECK_ROWS = 1000  # reference rows a --format skops conversion is checked on, at most
-
-
-@dataclass(frozen=True)
-class ArtifactPolicy:
-    """How `register` treats its artifact. `allow_pickle` None: SERVING_ALLOW_PICKLE decides."""
-
-    allow_pickle: bool | None = None
-    to_skops: bool = False  # store a joblib/pickle estimator as model.skops
-    trusted_types: frozenset[str] = field(default_factory=frozenset)  # accepted by the registrant
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from serving.store.fsutil import (
 )
 
 if TYPE_CHECKING:
-    from serving.store.candidate import ArtifactPolicy
+    from serving.store.artifact_policy import ArtifactPolicy
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALIAS_RE = NAME_RE

@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from serving.cli.main import main
-from serving.store.candidate import ArtifactPolicy
+from serving.store.artifact_policy import ArtifactPolicy
 from serving.store.model_store import ModelStore
 from tests.conftest import FOREST_TYPES, IRIS_ROW
 

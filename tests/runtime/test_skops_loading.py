@@ -12,7 +12,7 @@ import pytest
 from sklearn.datasets import load_iris
 
 from serving.runtime.artifacts import ModelLoadError, load_version
-from serving.store.candidate import ArtifactPolicy
+from serving.store.artifact_policy import ArtifactPolicy
 from serving.store.model_store import ModelStore
 from tests.conftest import FOREST_TYPES, IRIS_ROW
 

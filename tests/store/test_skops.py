@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import load_iris
 
 from serving.errors import StoreError
-from serving.store.candidate import ArtifactPolicy
+from serving.store.artifact_policy import ArtifactPolicy
 from serving.store.fsutil import sha256_file
 from serving.store.model_store import ModelStore
 from tests.conftest import FOREST_TYPES

@@ -1,4 +1,4 @@
-"""SERVING_ALLOW_PICKLE in one place: whether joblib/pickle artifacts may be unpickled, and why not.
+"""How artifacts may be read: the register policy and SERVING_ALLOW_PICKLE, in one light module.
 
 Callers that hold a `Settings` (the server's workers) pass its `allow_pickle`; command-line
 paths that do not (register, batch, show, optimize) pass None and get the environment's value,
@@ -7,8 +7,19 @@ so a forgotten caller obeys the operator's switch instead of unpickling by defau
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 PICKLE_REFUSED = "pickle refused: SERVING_ALLOW_PICKLE=false"
+
+
+@dataclass(frozen=True)
+class ArtifactPolicy:
+    """How `register` treats its artifact. `allow_pickle` None: SERVING_ALLOW_PICKLE decides."""
+
+    allow_pickle: bool | None = None
+    to_skops: bool = False  # store a joblib/pickle estimator as model.skops
+    trusted_types: frozenset[str] = field(default_factory=frozenset)  # accepted by the registrant
 
 
 def pickle_allowed(explicit: bool | None = None) -> bool:
