@@ -76,6 +76,7 @@ def init_state(app: Flask, settings: Settings) -> ServingState:
         metrics,
         poll_interval=settings.poll_interval,
         allow_version_mismatch=settings.allow_version_mismatch,
+        allow_pickle=settings.allow_pickle,
         pinned_cache_size=settings.pinned_cache_size,
         array_input=settings.array_input,
         kernels=settings.fast_kernels,

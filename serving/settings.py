@@ -28,6 +28,9 @@ class Settings:
     # Refuse (False) or load with a loud warning (True) a version trained with another
     # scikit-learn version than the one installed: pickles are not portable across versions.
     allow_version_mismatch: bool = False
+    # Unpickle joblib/pickle artifacts (True) or never (False): then only skops and ONNX
+    # versions serve, and register, batch, show and optimize refuse joblib files too.
+    allow_pickle: bool = True
     # Pinned-version requests for versions no alias deploys are loaded on demand and kept
     # in a small per-worker LRU cache of this size (0 = only deployed versions are served).
     pinned_cache_size: int = 2
@@ -74,6 +77,7 @@ class Settings:
             admin_token=reader.text("SERVING_ADMIN_TOKEN", "") or None,
             log_level=reader.choice("SERVING_LOG_LEVEL", "INFO", _LOG_LEVELS),
             allow_version_mismatch=reader.flag("SERVING_ALLOW_VERSION_MISMATCH", False),
+            allow_pickle=reader.flag("SERVING_ALLOW_PICKLE", True),
             pinned_cache_size=reader.integer("SERVING_PINNED_CACHE_SIZE", 2, low=0, high=64),
             array_input=reader.flag("SERVING_ARRAY_INPUT", True),
             fast_kernels=reader.flag("SERVING_FAST_KERNELS", True),

@@ -179,3 +179,31 @@ def served(store: ModelStore, iris_artifact: Path, regressor_artifact: Path) -> 
 @pytest.fixture
 def client(served: ModelStore, make_app: Callable[..., Flask]) -> FlaskClient:
     return make_app().test_client()
+
+
+# -- safe artifacts (skops) ----------------------------------------------------------------------
+
+FOREST_TYPES = "sklearn.tree._tree.Tree"  # the one type a forest's skops file needs trusted
+
+
+@pytest.fixture(scope="session")
+def forest_skops(artifacts_dir: Path) -> Path:
+    """The 20-tree forest saved with skops: it holds a type skops does not trust by default."""
+    import skops.io
+
+    x, y = _iris()
+    path = artifacts_dir / "forest.skops"
+    skops.io.dump(RandomForestClassifier(n_estimators=20, random_state=0).fit(x, y), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def iris_skops(artifacts_dir: Path) -> Path:
+    """The iris Pipeline saved with skops: only types skops trusts by default."""
+    import skops.io
+
+    x, y = _iris()
+    model = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500))])
+    path = artifacts_dir / "iris.skops"
+    skops.io.dump(model.fit(x, y), path)
+    return path

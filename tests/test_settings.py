@@ -23,6 +23,7 @@ def test_defaults_match_the_readme() -> None:
     )
     assert settings.admin_token is None and settings.log_level == "INFO"
     assert settings.allow_version_mismatch is False
+    assert settings.allow_pickle is True
 
 
 def test_values_are_read_from_the_environment() -> None:
@@ -35,12 +36,13 @@ def test_values_are_read_from_the_environment() -> None:
             "SERVING_LOG_LEVEL": "debug",
             "SERVING_ALLOW_VERSION_MISMATCH": "yes",
             "SERVING_ADMIN_TOKEN": "s3cret",
+            "SERVING_ALLOW_PICKLE": "false",
         }
     )
     assert settings.model_store == Path("/srv/models") and settings.poll_interval == 0.25
     assert settings.max_instances == 50 and settings.statsd_host is None
     assert settings.log_level == "DEBUG" and settings.allow_version_mismatch is True
-    assert settings.admin_token == "s3cret"
+    assert settings.admin_token == "s3cret" and settings.allow_pickle is False
 
 
 @pytest.mark.parametrize(

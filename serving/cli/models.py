@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from serving.cli import safe_register
 from serving.cli.rollouts import format_route
 from serving.errors import ServingError
 from serving.store.model_store import DEFAULT_ALIAS, ModelStore
@@ -24,6 +25,7 @@ def add_parser(verbs: Any) -> Any:
     reg.add_argument("--reference-data", type=Path, help="CSV with a header: feature columns")
     reg.add_argument("--activate", action="store_true", help=f"point {DEFAULT_ALIAS} at it")
     reg.add_argument("--categorical", default="", help="comma-separated string features")
+    safe_register.add_arguments(reg)
     listing = actions.add_parser("list", help="models, versions and aliases")
     show = actions.add_parser("show", help="one model: versions, aliases and whether each loads")
     show.add_argument("name")
@@ -52,6 +54,7 @@ def run(store: ModelStore, args: argparse.Namespace) -> int:
             args.activate,
             categorical,
             actor=args.actor,
+            policy=safe_register.policy(args),
         )
         print(version)
     elif args.action == "list":
@@ -115,7 +118,8 @@ def _describe_versions(store: ModelStore, name: str, versions: list[int]) -> lis
     for version in versions:
         try:
             meta = store.read_metadata(name, version)
-            described.append({k: meta.get(k) for k in ("version", "created_at", "task", "sha256")})
+            keys = ("version", "created_at", "task", "sha256", "format", "trusted_types")
+            described.append({k: meta.get(k) for k in keys})
         except ServingError as exc:
             described.append({"version": version, "error": exc.message})
     return described
@@ -134,7 +138,8 @@ def _format_show(report: dict[str, Any]) -> str:
     for v in report["versions"]:
         sha = (v.get("sha256") or "")[:12]
         lines.append(
-            f"  version {v['version']}  {v.get('task', '')}  {v.get('created_at', '')}  {sha}"
+            f"  version {v['version']}  {v.get('task', '')}  {v.get('format') or 'joblib'}"
+            f"  {v.get('created_at', '')}  {sha}"
             + (f"  ERROR {v['error']}" if "error" in v else "")
         )
     for event in report["history"]:

@@ -45,11 +45,13 @@ class ModelLoader:
         array_input: bool = True,
         kernels: bool = True,
         cache: PredictionCache | None = None,
+        allow_pickle: bool = True,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._interval = poll_interval
         self._allow_mismatch = allow_version_mismatch
+        self._allow_pickle = allow_pickle
         self._pinned_size = pinned_cache_size
         self._clock = clock
         self._array_input = array_input
@@ -309,7 +311,7 @@ class ModelLoader:
     def _load(self, name: str, version: int) -> LoadedModel:
         folder = self._store.version_dir(name, version)
         metadata = self._store.read_metadata(name, version)
-        model = artifacts.load_version(folder, metadata, self._allow_mismatch)
+        model = artifacts.load_version(folder, metadata, self._allow_mismatch, self._allow_pickle)
         schema, runner = prepare(
             name, version, model, metadata, array_input=self._array_input, kernels=self._kernels
         )

@@ -29,7 +29,7 @@ def read_artifact(path: Path) -> Any:
     if path.suffix.lower() not in ACCEPTED_SUFFIXES:
         raise StoreError(
             f"{path.name}: unsupported artifact type; "
-            f"expected one of {', '.join(ACCEPTED_SUFFIXES)}"
+            f"expected one of {', '.join(ACCEPTED_SUFFIXES)} or .skops"
         )
     try:
         with warnings.catch_warnings():

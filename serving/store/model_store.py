@@ -1,6 +1,6 @@
 """The file-based model store: immutable version folders and one atomically replaced deployment.
 
-Layout (DESIGN §2):  <root>/<name>/<version>/{model.joblib,metadata.json}
+Layout (DESIGN §2):  <root>/<name>/<version>/{model.joblib|.skops|.onnx,metadata.json}
                      <root>/<name>/deployment.json   aliases -> versions
                      <root>/<name>/history.jsonl     append-only audit
 Every write happens under the model's lock file and goes through temp + fsync + rename, so a
@@ -20,7 +20,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving.errors import ModelNotFound, StoreError, VersionNotFound
 from serving.store.deployment import route_doc, validate_weights
@@ -32,6 +32,9 @@ from serving.store.fsutil import (
     fsync_dir,
 )
 from serving.store.history import previous_version, version_before_split
+
+if TYPE_CHECKING:
+    from serving.store.artifact_policy import ArtifactPolicy
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALIAS_RE = NAME_RE
@@ -160,31 +163,31 @@ class ModelStore:
         categorical: set[str] | None = None,
         extra: dict[str, Any] | None = None,
         actor: str | None = None,
+        policy: ArtifactPolicy | None = None,  # None: SERVING_ALLOW_PICKLE decides, no skops
     ) -> int:
         """Copy `artifact` in as the next version (with metadata) and return its number."""
-        from serving.store import artifacts  # scikit-learn and pandas: only for writers of versions
+        from serving.store import candidate  # scikit-learn and pandas: only for writers
 
         validate_name(name)
         artifact = Path(artifact)
-        model = artifacts.read_artifact(artifact)
         reference = _read_reference(reference_data) if reference_data else None
-        described = artifacts.describe_model(model, reference, categorical)
-        with self._locked(name) as model_dir:
+        prepared = candidate.prepare(artifact, reference, categorical, policy)
+        with prepared as ready, self._locked(name) as model_dir:
             existing = [int(e.name) for e in os.scandir(model_dir) if e.name.isdigit()]
             version = max(existing, default=0) + 1
             metadata = {
                 "name": name,
                 "version": version,
-                "artifact": artifacts.ARTIFACT_NAME,
+                "artifact": ready.target,
                 "created_at": _now(),
                 "created_by": actor or default_actor(),
                 "source": artifact.name,
                 "reference": _reference_summary(reference_data, reference),
                 "metrics": {},
-                **described,
+                **ready.metadata,
                 **(extra or {}),
             }
-            self._publish_version(model_dir, version, artifact, metadata, artifacts.ARTIFACT_NAME)
+            self._publish_version(model_dir, version, ready.path, metadata, ready.target)
             self._append_history(name, "register", actor, version=version)
             if activate:
                 self._set_alias(name, DEFAULT_ALIAS, version, "promote", actor)
