@@ -85,12 +85,22 @@ class BackgroundWrites:
         self._thread.start()
 
     def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
+        while (job := self._next()) is not None:
             if self._error is None:
                 try:
                     job()
                 except BaseException as exc:  # raised in the main thread
                     self._error = exc
+
+    def _next(self) -> Callable[[], None] | None:
+        """The next job. Polls: a Ctrl-C (KeyboardInterrupt) raised in the main thread inside
+        `Queue.put`'s notify can lose this thread's wake-up, and a plain `get()` then waits
+        for ever while the main thread waits for it (seen under load)."""
+        while True:
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
 
     def submit(self, job: Callable[[], None]) -> None:
         self._raise()
