@@ -27,7 +27,7 @@ from serving.monitoring.monitor import make_monitor
 from serving.runtime.cache import PredictionCache
 from serving.runtime.loader import ModelLoader
 from serving.settings import Settings
-from serving.store.model_store import ModelStore
+from serving.store.open import store_from_settings
 from serving.telemetry.logs import init_logging
 from serving.telemetry.metrics import MetricsGroup, make_metrics
 from serving.telemetry.predlog import make_recorder
@@ -69,7 +69,7 @@ def init_runtime(settings: Settings) -> None:
 def init_state(app: Flask, settings: Settings) -> ServingState:
     statsd = make_metrics(settings.statsd_host, settings.statsd_port, settings.statsd_prefix)
     metrics = MetricsGroup(statsd, prometheus.init_app(app, start_sampler=settings.start_poller))
-    store = ModelStore(settings.model_store)
+    store = store_from_settings(settings, serve_cached=True)
     size = settings.prediction_cache
     loader = ModelLoader(
         store,

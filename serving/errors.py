@@ -89,5 +89,19 @@ class StoreError(ServingError):
     code = "store_error"
 
 
+class StoreUnavailable(StoreError):
+    """The object store cannot be reached (or answers 5xx): try again; nothing was changed."""
+
+    status_code = 503
+    code = "store_unavailable"
+
+
+class StoreConflict(StoreError):
+    """Concurrent writers kept changing a deployment; this change was not applied."""
+
+    status_code = 409
+    code = "store_conflict"
+
+
 class ConfigError(Exception):
     """A setting has a bad value; raised at start-up, never during a request."""

@@ -16,7 +16,12 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 class Settings:
     """Configuration of one app. Tests build their own; production uses `from_env()`."""
 
-    model_store: Path = Path("model_store")
+    # A local directory, or `s3://BUCKET/PREFIX` (serving.store.s3_store) shared by replicas;
+    # downloads of an object store's versions are kept in `cache_dir` (default data_dir/cache),
+    # up to `cache_max_bytes` (versions no deployment refers to are evicted first).
+    model_store: Path | str = Path("model_store")
+    cache_dir: Path | None = None
+    cache_max_bytes: int = 10 * 1024**3
     poll_interval: float = 1.0
     max_body_bytes: int = 8 * 1024 * 1024
     max_instances: int = 10_000
@@ -67,7 +72,11 @@ class Settings:
         env = os.environ if environ is None else environ
         reader = _Reader(env)
         return cls(
-            model_store=Path(reader.text("SERVING_MODEL_STORE", "model_store")),
+            model_store=_store_location(reader.text("SERVING_MODEL_STORE", "model_store")),
+            cache_dir=Path(reader.text("SERVING_CACHE_DIR", ""))
+            if env.get("SERVING_CACHE_DIR")
+            else None,
+            cache_max_bytes=reader.integer("SERVING_CACHE_MAX_BYTES", 10 * 1024**3, low=1),
             poll_interval=reader.number("SERVING_POLL_INTERVAL", 1.0, low=0.05, high=3600),
             max_body_bytes=reader.integer("SERVING_MAX_BODY_BYTES", 8 * 1024 * 1024, low=1024),
             max_instances=reader.integer("SERVING_MAX_INSTANCES", 10_000, low=1),
@@ -94,6 +103,20 @@ class Settings:
             drift_alert=reader.number("SERVING_DRIFT_ALERT", 0.25, low=0.0, high=100),
             prediction_cache=reader.integer("SERVING_PREDICTION_CACHE", 0, low=0, high=1_000_000),
         )
+
+    @property
+    def store_cache_dir(self) -> Path:
+        return self.cache_dir or Path(self.data_dir) / "cache"
+
+
+def _store_location(text: str) -> Path | str:
+    """A path, or an `s3://` URL kept as text (a Path would fold its double slash)."""
+    if text.startswith("s3://"):
+        bucket = text[len("s3://") :].partition("/")[0]
+        if not 3 <= len(bucket) <= 63:
+            raise ConfigError(f"SERVING_MODEL_STORE={text!r}: use s3://BUCKET/PREFIX")
+        return text
+    return Path(text or "model_store")
 
 
 class _Reader:

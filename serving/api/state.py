@@ -9,7 +9,7 @@ from flask import Flask, current_app
 from serving.monitoring.monitor import Monitor
 from serving.runtime.loader import ModelLoader
 from serving.settings import Settings
-from serving.store.model_store import ModelStore
+from serving.store.base import StoreBase
 from serving.telemetry.metrics import Metrics
 from serving.telemetry.recorder import Recorder
 
@@ -19,7 +19,7 @@ EXTENSION = "serving"
 @dataclass(frozen=True)
 class ServingState:
     settings: Settings
-    store: ModelStore
+    store: StoreBase
     loader: ModelLoader
     metrics: Metrics
     recorder: Recorder = field(default_factory=Recorder)

@@ -31,7 +31,8 @@ from serving.errors import InvalidInput, ModelNotFound
 from serving.features.schema import NUMERIC
 from serving.runtime.model import LoadedModel
 from serving.settings import Settings
-from serving.store.model_store import DEFAULT_ALIAS, ModelStore
+from serving.store.base import StoreBase
+from serving.store.model_store import DEFAULT_ALIAS
 
 EXIT_TOO_MANY_REJECTS = 3
 _RESERVED = ("prediction", "model", "version")
@@ -56,7 +57,7 @@ class Totals:
     reasons: Counter[str] = field(default_factory=Counter)
 
 
-def run_batch(store: ModelStore, options: BatchOptions) -> int:
+def run_batch(store: StoreBase, options: BatchOptions) -> int:
     """The `batch` verb (its options parsed in serving/cli/batch.py). Returns the exit code."""
     _check_options(options)
     version = resolve_version(store, options.name, options.version, options.alias)
@@ -75,7 +76,7 @@ def run_batch(store: ModelStore, options: BatchOptions) -> int:
     try:
         with _sigterm_raises(), batch_io.open_source(options.input) as source:
             reading = _reading(loaded, options, source.fmt)
-            job = Job(store.root, options.name, version, allow, options.proba, reading)
+            job = Job(store.local_root(), options.name, version, allow, options.proba, reading)
             progress = Progress(
                 label, sys.stderr, batch_io.parquet_rows(source), source.size, options.log_every
             )
@@ -106,7 +107,7 @@ def _check_options(options: BatchOptions) -> None:
         raise InvalidInput(f"--id-column {options.id_column!r} clashes with an output column")
 
 
-def resolve_version(store: ModelStore, name: str, version: int | None, alias: str | None) -> int:
+def resolve_version(store: StoreBase, name: str, version: int | None, alias: str | None) -> int:
     """A pinned version as given (if it exists), else the version an alias points at."""
     if version is not None:
         store.version_dir(name, version)

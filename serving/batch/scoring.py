@@ -33,6 +33,7 @@ from serving.errors import ModelUnavailable
 from serving.runtime import artifacts
 from serving.runtime.model import LoadedModel
 from serving.runtime.prepare import prepare
+from serving.store.base import StoreBase
 from serving.store.model_store import ModelStore
 
 # Errors a model raises for values it refuses (unknown category, bad dtype): the row is rejected.
@@ -44,7 +45,7 @@ _MODEL_ERRORS = (ValueError, TypeError, KeyError)
 class Job:
     """Everything a worker process needs to score chunks; pickled once per worker."""
 
-    store_root: Path
+    store_root: Path  # a local store: the store itself, or an object store's cache
     name: str
     version: int
     allow_mismatch: bool
@@ -52,7 +53,7 @@ class Job:
     reading: Reading
 
 
-def load_model(store: ModelStore, name: str, version: int, allow_mismatch: bool) -> LoadedModel:
+def load_model(store: StoreBase, name: str, version: int, allow_mismatch: bool) -> LoadedModel:
     """Load and verify one version the way a server worker does, or raise ModelUnavailable."""
     metadata = store.read_metadata(name, version)
     try:

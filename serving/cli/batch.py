@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from serving.store.model_store import DEFAULT_ALIAS, ModelStore
+from serving.store.base import StoreBase
+from serving.store.model_store import DEFAULT_ALIAS
 
 
 def add_parser(verbs: Any) -> None:
@@ -30,7 +31,7 @@ def add_parser(verbs: Any) -> None:
     batch.set_defaults(run=run)
 
 
-def run(store: ModelStore, args: argparse.Namespace) -> int:
+def run(store: StoreBase, args: argparse.Namespace) -> int:
     # numpy, pandas, Arrow: imported only for this verb
     from serving.batch.options import BatchOptions
     from serving.batch.runner import run_batch

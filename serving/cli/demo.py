@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from serving.store.model_store import ModelStore
+from serving.store.base import StoreBase
 
 
 def add_parser(verbs: Any) -> None:
@@ -16,20 +16,19 @@ def add_parser(verbs: Any) -> None:
     demo.set_defaults(run=run)
 
 
-def run(store: ModelStore, args: argparse.Namespace) -> int:
+def run(store: StoreBase, args: argparse.Namespace) -> int:
     return create_demo_models(store, force=args.force, actor=args.actor)
 
 
-def create_demo_models(store: ModelStore, force: bool = False, actor: str | None = None) -> int:
+def create_demo_models(store: StoreBase, force: bool = False, actor: str | None = None) -> int:
     """Train and register both demo models, unless the store already holds models."""
     # scikit-learn is imported by this verb only: the other verbs start without it.
     from sklearn.datasets import load_diabetes, load_iris
     from sklearn.linear_model import LogisticRegression, Ridge
 
     if store.list_models() and not force:
-        print(f"store {store.root} already has models: {', '.join(store.list_models())}")
+        print(f"store {store.location} already has models: {', '.join(store.list_models())}")
         return 0
-    store.root.mkdir(parents=True, exist_ok=True)
     for name, loader, estimator, metric in (
         ("iris", load_iris, LogisticRegression(max_iter=1000), "accuracy"),
         ("diabetes", load_diabetes, Ridge(alpha=1.0), "r2"),
@@ -40,7 +39,7 @@ def create_demo_models(store: ModelStore, force: bool = False, actor: str | None
 
 
 def _train_and_register(
-    store: ModelStore, name: str, loader: Any, estimator: Any, actor: str | None, metric: str
+    store: StoreBase, name: str, loader: Any, estimator: Any, actor: str | None, metric: str
 ) -> tuple[int, float]:
     """Fit a scaled Pipeline on 75% of the dataset; register it with its holdout score."""
     import joblib

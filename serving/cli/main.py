@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from pathlib import Path
 
 from serving.cli import batch, demo, models, monitor, optimize, rollouts
 from serving.errors import ConfigError, ServingError
-from serving.store.model_store import ModelStore
+from serving.settings import Settings
+from serving.store.open import store_from_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,9 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serving", description=__doc__)
     parser.add_argument(
         "--store",
-        type=Path,
-        default=Path(os.environ.get("SERVING_MODEL_STORE", "model_store")),
-        help="store root (default: $SERVING_MODEL_STORE or ./model_store)",
+        default=os.environ.get("SERVING_MODEL_STORE", "model_store"),
+        help="store root or s3://BUCKET/PREFIX (default: $SERVING_MODEL_STORE or ./model_store)",
     )
     parser.add_argument("--actor", help="who to record in history.jsonl (default: user@host)")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -34,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    store = ModelStore(args.store)
     try:
+        store = store_from_settings(
+            dataclasses.replace(Settings.from_env(), model_store=args.store)
+        )
         return int(args.run(store, args))  # each verb's parser names its `run`
     except (ServingError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

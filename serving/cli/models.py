@@ -11,7 +11,8 @@ from typing import Any
 from serving.cli import safe_register
 from serving.cli.rollouts import format_route
 from serving.errors import ServingError
-from serving.store.model_store import DEFAULT_ALIAS, ModelStore
+from serving.store.base import StoreBase
+from serving.store.model_store import DEFAULT_ALIAS
 
 
 def add_parser(verbs: Any) -> Any:
@@ -44,7 +45,7 @@ def add_parser(verbs: Any) -> Any:
     return actions
 
 
-def run(store: ModelStore, args: argparse.Namespace) -> int:
+def run(store: StoreBase, args: argparse.Namespace) -> int:
     if args.action == "register":
         categorical = {c.strip() for c in args.categorical.split(",") if c.strip()}
         version = store.register(
@@ -73,14 +74,14 @@ def run(store: ModelStore, args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(store: ModelStore) -> None:
+def _list(store: StoreBase) -> None:
     for name in store.list_models():
         aliases = store.read_deployment(name)["aliases"]
         shown = " ".join(f"{a}={v}" for a, v in sorted(aliases.items())) or "(no aliases)"
         print(f"{name}\tversions={','.join(map(str, store.versions(name)))}\t{shown}")
 
 
-def show_model(store: ModelStore, name: str) -> dict[str, Any]:
+def show_model(store: StoreBase, name: str) -> dict[str, Any]:
     """Versions, aliases, and for each alias whether its version can load here, and why not."""
     versions = store.versions(name)  # first: ModelNotFound for a model the store lacks
     deployment = store.read_deployment(name)
@@ -95,7 +96,7 @@ def show_model(store: ModelStore, name: str) -> dict[str, Any]:
     }
 
 
-def _alias_status(store: ModelStore, name: str, aliases: dict[str, int]) -> dict[str, str]:
+def _alias_status(store: StoreBase, name: str, aliases: dict[str, int]) -> dict[str, str]:
     """ "ok" or "cannot serve: why" per alias, from loading its version as a worker would."""
     from serving.runtime import artifacts  # scikit-learn: only to check that the versions load
 
@@ -113,7 +114,7 @@ def _alias_status(store: ModelStore, name: str, aliases: dict[str, int]) -> dict
     return checks
 
 
-def _describe_versions(store: ModelStore, name: str, versions: list[int]) -> list[dict[str, Any]]:
+def _describe_versions(store: StoreBase, name: str, versions: list[int]) -> list[dict[str, Any]]:
     described = []
     for version in versions:
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.cli.tables import align
-from serving.store.model_store import ModelStore
+from serving.store.base import StoreBase
 
 
 def add_parser(verbs: Any) -> None:
@@ -45,7 +45,7 @@ def _data_dir(parser: argparse.ArgumentParser) -> None:
 # -- monitor ----------------------------------------------------------------------------------
 
 
-def run_monitor(store: ModelStore, args: argparse.Namespace) -> int:
+def run_monitor(store: StoreBase, args: argparse.Namespace) -> int:
     """`python -m serving monitor NAME [--version V] [--window 1h] [--json] [--data-dir DIR]`."""
     from serving.monitoring.report import build_report
     from serving.settings import Settings
@@ -141,7 +141,7 @@ def _pct(value: Any) -> str:
 # -- traffic ----------------------------------------------------------------------------------
 
 
-def run_traffic(store: ModelStore, args: argparse.Namespace) -> int:
+def run_traffic(store: StoreBase, args: argparse.Namespace) -> int:
     """`python -m serving traffic [NAME] [--window 15m] [--json] [--data-dir DIR]`."""
     from serving.monitoring.dashboard import build_dashboard
     from serving.settings import Settings

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from serving.store.model_store import ModelStore
+from serving.store.base import StoreBase
 
 if TYPE_CHECKING:
     from serving.compile.quantize import QuantGate
@@ -42,7 +42,7 @@ def add_parser(verbs: Any) -> None:
     opt.set_defaults(run=run)
 
 
-def run(store: ModelStore, args: argparse.Namespace) -> int:
+def run(store: StoreBase, args: argparse.Namespace) -> int:
     if not (args.onnx or args.quantize):
         print(
             "error: say how to optimize: --onnx, --quantize (int8, implies --onnx)", file=sys.stderr

@@ -11,8 +11,9 @@ from typing import Any
 
 from serving.cli.tables import align
 from serving.errors import StoreError
+from serving.store.base import StoreBase
 from serving.store.deployment import parse_weights
-from serving.store.model_store import DEFAULT_ALIAS, ModelStore
+from serving.store.model_store import DEFAULT_ALIAS
 
 
 def add_model_actions(actions: Any) -> None:
@@ -50,7 +51,7 @@ def add_parser(verbs: Any) -> None:
     ab.set_defaults(run=run_ab)
 
 
-def run(store: ModelStore, args: argparse.Namespace) -> int:
+def run(store: StoreBase, args: argparse.Namespace) -> int:
     """`models route|shadow|alias`."""
     if args.action == "route":
         doc = store.route(
@@ -89,7 +90,7 @@ def format_route(doc: dict[str, Any]) -> str:
 # -- ab ---------------------------------------------------------------------------------------
 
 
-def run_ab(store: ModelStore, args: argparse.Namespace) -> int:
+def run_ab(store: StoreBase, args: argparse.Namespace) -> int:
     """`python -m serving ab NAME [--alias A] [--window 24h] [--json] [--data-dir DIR]`."""
     from serving.rollouts.abtest import build_report  # scipy: only for this verb
     from serving.telemetry.datastore import DataStore, parse_window

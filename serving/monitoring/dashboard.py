@@ -17,7 +17,7 @@ from serving.errors import ModelNotFound, ServingError
 from serving.monitoring import traffic
 from serving.monitoring.counts import COMPONENT, MIGRATIONS
 from serving.monitoring.report import build_report
-from serving.store.model_store import ModelStore
+from serving.store.base import StoreBase
 from serving.telemetry.datastore import DataStore
 
 MAX_POINTS = 90  # points per series: the step grows with the window (10 s for 15 minutes)
@@ -133,7 +133,7 @@ def traffic_series(
 
 def drift_summary(
     datastore: DataStore,
-    store: ModelStore,
+    store: StoreBase,
     name: str,
     seconds: float,
     now: float,
@@ -178,7 +178,7 @@ def drift_summary(
     }
 
 
-def recent_swaps(store: ModelStore, names: Iterable[str], limit: int = MAX_SWAPS) -> list[Any]:
+def recent_swaps(store: StoreBase, names: Iterable[str], limit: int = MAX_SWAPS) -> list[Any]:
     """The latest changes of what serves (promote, rollback, route, shadow), newest first."""
     events = []
     for name in names:
@@ -191,7 +191,7 @@ def recent_swaps(store: ModelStore, names: Iterable[str], limit: int = MAX_SWAPS
 
 def build_dashboard(
     datastore: DataStore,
-    store: ModelStore,
+    store: StoreBase,
     seconds: float,
     now: float,
     window: str,

@@ -29,7 +29,8 @@ from serving.monitoring import binning, traffic
 from serving.monitoring.binning import Profile
 from serving.monitoring.counts import COMPONENT, MIGRATIONS, UPSERT, Key, bucket_of
 from serving.settings import Settings
-from serving.store.model_store import ModelStore
+from serving.store.base import StoreBase
+from serving.store.open import store_from_settings
 from serving.telemetry.datastore import DataStore
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def make_monitor(settings: Settings) -> Monitor | None:
         return None
     return Monitor(
         DataStore(settings.data_dir),
-        ModelStore(settings.model_store),
+        store_from_settings(settings),
         settings.monitor_flush,
         settings.log_retention_days,
     )
@@ -58,7 +59,7 @@ class Monitor:
     def __init__(
         self,
         datastore: DataStore,
-        store: ModelStore,
+        store: StoreBase,
         flush_interval: float = 5.0,
         retention_days: float = 7.0,
         clock: Callable[[], float] = time.time,

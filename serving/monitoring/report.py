@@ -11,7 +11,8 @@ from serving.features.schema import InputSchema
 from serving.monitoring import drift
 from serving.monitoring.counts import COMPONENT, MIGRATIONS, bucket_of
 from serving.monitoring.drift import PREDICTION, ROWS
-from serving.store.model_store import DEFAULT_ALIAS, ModelStore
+from serving.store.base import StoreBase
+from serving.store.model_store import DEFAULT_ALIAS
 from serving.telemetry.datastore import DataStore
 
 
@@ -38,7 +39,7 @@ def live_counts(
     return dict(out)
 
 
-def default_version(store: ModelStore, name: str) -> int:
+def default_version(store: StoreBase, name: str) -> int:
     """The version the production alias serves, else the newest."""
     if not store.exists(name):
         raise ModelNotFound(f"model {name!r} is not in the store", {"model": name})
@@ -53,7 +54,7 @@ def default_version(store: ModelStore, name: str) -> int:
 
 def build_report(
     datastore: DataStore,
-    store: ModelStore,
+    store: StoreBase,
     name: str,
     version: int | None,
     seconds: float,

@@ -32,8 +32,8 @@ from serving.rollouts.stats import (
     mean_absolute_error,
     same_label,
 )
+from serving.store.base import StoreBase
 from serving.store.deployment import variant_name
-from serving.store.model_store import ModelStore
 from serving.telemetry.datastore import DataStore
 from serving.telemetry.window import WindowRows, read_window
 
@@ -259,7 +259,7 @@ def _fmt(value: float) -> str:
 
 def build_report(
     datastore: DataStore,
-    store: ModelStore,
+    store: StoreBase,
     model: str,
     alias: str,
     window_seconds: float,
@@ -286,7 +286,7 @@ def build_report(
     }
 
 
-def model_task(store: ModelStore, model: str, version: int | None) -> str:
+def model_task(store: StoreBase, model: str, version: int | None) -> str:
     """ "classifier", "regressor" or "other", from the version's metadata."""
     if version is None:
         return "other"

@@ -23,9 +23,9 @@ from serving.runtime import artifacts
 from serving.runtime.cache import PredictionCache
 from serving.runtime.model import Choice, LoadedModel, ModelState
 from serving.runtime.prepare import prepare
-from serving.store.artifacts import ARTIFACT_NAME
+from serving.store.base import StoreBase
 from serving.store.deployment import variant_name
-from serving.store.model_store import DEFAULT_ALIAS, ModelStore
+from serving.store.model_store import DEFAULT_ALIAS
 from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class ModelLoader:
 
     def __init__(
         self,
-        store: ModelStore,
+        store: StoreBase,
         metrics: Metrics,
         poll_interval: float = 1.0,
         allow_version_mismatch: bool = False,
@@ -136,7 +136,7 @@ class ModelLoader:
             states = dict(self._states)
             changed = False
             for name in names:
-                signature = self._signature(name)
+                signature = self._store.deployment_signature(name)
                 old = states.get(name)
                 if old is not None and old.signature == signature:
                     continue
@@ -152,13 +152,6 @@ class ModelLoader:
                         held = set(self._pinned)
                     held.update((n, v) for n, s in states.items() for v in s.versions())
                     self._cache.retain(held)
-
-    def _signature(self, name: str) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self._store.deployment_path(name))
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _reconcile(
         self, name: str, signature: tuple[int, int, int] | None, old: ModelState | None
@@ -252,7 +245,7 @@ class ModelLoader:
 
     def _try_load(self, name: str, version: int) -> LoadedModel | str:
         """Load a version, or return the (remembered) reason it cannot serve."""
-        files = self._files_signature(name, version)
+        files = self._store.files_signature(name, version)
         failed = self._failures.get((name, version))
         if failed is not None and failed[0] == files:
             return failed[1]
@@ -288,25 +281,6 @@ class ModelLoader:
             f"model {name!r} version {version} cannot serve: {result}",
             {"model": name, "version": version},
         )
-
-    def _files_signature(self, name: str, version: int) -> tuple[int, ...]:
-        out: list[int] = []
-        try:
-            folder = self._store.version_dir(name, version)
-        except ServingError:
-            return (-1,)
-        try:  # the artifact's file is named by the metadata (model.joblib, model.onnx...)
-            metadata = self._store.read_metadata(name, version)
-            artifact = str(metadata.get("artifact") or ARTIFACT_NAME)
-        except (ServingError, OSError, AttributeError):
-            artifact = ARTIFACT_NAME
-        for filename in ("metadata.json", artifact):
-            try:
-                st = os.stat(folder / filename)
-                out += [st.st_ino, st.st_mtime_ns, st.st_size]
-            except OSError:
-                out += [-1]
-        return tuple(out)
 
     def _load(self, name: str, version: int) -> LoadedModel:
         folder = self._store.version_dir(name, version)

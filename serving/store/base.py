@@ -1,0 +1,293 @@
+"""The store's verbs, written once over two backends (a local directory, an S3 bucket).
+
+A backend supplies the primitives: list models and versions, read a deployment and the
+history, publish a new version write-once (`_publish_new`), and apply one change to a
+deployment atomically (`_change`: a lock on a local disk, compare-and-swap on an object
+store). Every verb (register, promote, rollback, route, shadow) is defined here, so both
+backends behave alike by construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import getpass
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from serving.errors import ModelNotFound, StoreError
+from serving.store.deployment import route_doc, validate_weights
+from serving.store.history import previous_version, version_before_split
+
+if TYPE_CHECKING:
+    from serving.store.artifact_policy import ArtifactPolicy
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_ALIAS = "production"
+DEPLOYMENT = "deployment.json"
+HISTORY = "history.jsonl"
+METADATA = "metadata.json"
+
+# A change to a deployment: mutates the document in place, returns (result, event fields).
+Mutation = Callable[[dict[str, Any]], tuple[Any, dict[str, Any]]]
+
+
+def validate_name(name: str, what: str = "model name") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise StoreError(
+            f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def default_actor() -> str:
+    with contextlib.suppress(Exception):
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    return "unknown"  # pragma: no cover
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def empty_deployment() -> dict[str, Any]:
+    return {"aliases": {}, "revision": 0}
+
+
+def parse_deployment(name: str, data: Any) -> dict[str, Any]:
+    """A deployment document checked for shape: aliases as {str: int}."""
+    aliases = data.get("aliases") if isinstance(data, dict) else None
+    if not isinstance(aliases, dict):
+        raise StoreError(f"{name}: {DEPLOYMENT} has no aliases object")
+    try:
+        data["aliases"] = {str(k): int(v) for k, v in aliases.items()}
+    except (TypeError, ValueError):
+        raise StoreError(f"{name}: {DEPLOYMENT} has an alias that is not a version") from None
+    return data
+
+
+class StoreBase:
+    """What every store does; subclasses supply the primitives named in the module doc."""
+
+    location: str
+
+    # -- primitives (per backend) ---------------------------------------------------------
+
+    def list_models(self) -> list[str]:
+        raise NotImplementedError
+
+    def exists(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def versions(self, name: str) -> list[int]:
+        raise NotImplementedError
+
+    def require_version(self, name: str, version: int) -> None:
+        """VersionNotFound (or ModelNotFound) unless `version` is published."""
+        raise NotImplementedError
+
+    def read_metadata(self, name: str, version: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def read_deployment(self, name: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _publish_new(self, name: str, artifact: Path, metadata: dict[str, Any], target: str) -> int:
+        """Publish the next free version number, write-once; fills version, sha256, size."""
+        raise NotImplementedError
+
+    def _change(self, name: str, action: str, actor: str | None, mutate: Mutation) -> Any:
+        """Apply `mutate` to the deployment atomically and record it in history."""
+        raise NotImplementedError
+
+    def _record(self, name: str, action: str, actor: str | None, **fields: Any) -> None:
+        """Append an event that changes no deployment (a register) to history."""
+        raise NotImplementedError
+
+    # -- the verbs ------------------------------------------------------------------------
+
+    def _existing_name(self, name: str) -> None:
+        validate_name(name)
+        if not self.exists(name):
+            raise ModelNotFound(f"model {name!r} is not in the store", {"model": name})
+
+    def register(
+        self,
+        name: str,
+        artifact: Path,
+        reference_data: Path | None = None,
+        activate: bool = False,
+        categorical: set[str] | None = None,
+        extra: dict[str, Any] | None = None,
+        actor: str | None = None,
+        policy: ArtifactPolicy | None = None,  # None: SERVING_ALLOW_PICKLE decides, no skops
+    ) -> int:
+        """Copy `artifact` in as the next version (with metadata) and return its number."""
+        from serving.store import candidate  # scikit-learn and pandas: only for writers
+
+        validate_name(name)
+        artifact = Path(artifact)
+        reference = _read_reference(reference_data) if reference_data else None
+        prepared = candidate.prepare(artifact, reference, categorical, policy)
+        with prepared as ready:
+            metadata = {
+                "source": artifact.name,
+                "reference": _reference_summary(reference_data, reference),
+                "metrics": {},
+                **ready.metadata,
+                **(extra or {}),
+            }
+            return self.register_prepared(
+                name, ready.path, metadata, ready.target, activate=activate, actor=actor
+            )
+
+    def register_prepared(
+        self,
+        name: str,
+        artifact: Path,
+        metadata: dict[str, Any],
+        target: str,
+        activate: bool = False,
+        actor: str | None = None,
+    ) -> int:
+        """Publish an artifact whose metadata the caller built (a compiled model) as a version."""
+        validate_name(name)
+        metadata = {
+            **metadata,
+            "name": name,
+            "artifact": target,
+            "created_at": now_iso(),
+            "created_by": actor or default_actor(),
+        }
+        version = self._publish_new(name, Path(artifact), metadata, target)
+        self._record(name, "register", actor, version=version)
+        if activate:
+            self._change(name, "promote", actor, _set_alias(DEFAULT_ALIAS, version))
+        return version
+
+    def promote(
+        self, name: str, version: int, alias: str = DEFAULT_ALIAS, actor: str | None = None
+    ) -> int | None:
+        """Point `alias` at `version` (ending any split of it); return its version before."""
+        validate_name(alias, "alias")
+        self.require_version(name, version)
+        return self._change(name, "promote", actor, _set_alias(alias, int(version)))
+
+    def rollback(self, name: str, alias: str = DEFAULT_ALIAS, actor: str | None = None) -> int:
+        """Point `alias` back to the version it had before its current one (from history).
+
+        A split alias (a canary) goes back to the one version it served before the split.
+        """
+        validate_name(alias, "alias")
+        self._existing_name(name)
+
+        def mutate(deployment: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            current = deployment["aliases"].get(alias)
+            if current is None:
+                raise StoreError(f"{name}: alias {alias!r} points at no version")
+            if alias in deployment.get("routes", {}):
+                target = version_before_split(self.history(name), alias) or current
+            else:
+                target = previous_version(self.history(name), alias, current)
+            if target is None:
+                raise StoreError(f"{name}: alias {alias!r} has no earlier version to roll back to")
+            _, fields = _set_alias(alias, target)(deployment)
+            return target, fields
+
+        return self._change(name, "rollback", actor, mutate)
+
+    def route(
+        self,
+        name: str,
+        weights: dict[int, float],
+        alias: str = DEFAULT_ALIAS,
+        sticky: bool = False,
+        actor: str | None = None,
+    ) -> dict[str, Any]:
+        """Split `alias` between versions by weight; the heaviest becomes its primary version.
+
+        The experiment id (the salt of sticky hashing) is kept while the same versions are
+        re-weighted, so a ramp from 10% to 20% moves only the users it must.
+        """
+        validate_name(alias, "alias")
+        validate_weights(weights, self.versions(name))
+
+        def mutate(deployment: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            old = deployment.setdefault("routes", {}).get(alias) or {}
+            same = sorted(v["version"] for v in old.get("variants", [])) == sorted(weights)
+            experiment = (
+                old.get("experiment")
+                if same and old.get("experiment")
+                else (f"{name}/{alias}/{deployment.get('revision', 0) + 1}")
+            )
+            doc = route_doc(weights, sticky, experiment)
+            deployment["routes"][alias] = doc
+            primary = max(sorted(weights), key=lambda v: weights[v])
+            before = deployment["aliases"].get(alias)
+            deployment["aliases"][alias] = primary
+            return doc, {"alias": alias, "previous": before, "version": primary, "route": doc}
+
+        return self._change(name, "route", actor, mutate)
+
+    def shadow(
+        self, name: str, version: int | None, alias: str = DEFAULT_ALIAS, actor: str | None = None
+    ) -> int | None:
+        """Send a copy of `alias`'s traffic to `version` (None: stop); return the one before."""
+        validate_name(alias, "alias")
+        if version is None:
+            self._existing_name(name)  # stopping a shadow must not create an unknown model
+        else:
+            self.require_version(name, version)
+
+        def mutate(deployment: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            shadows = deployment.setdefault("shadows", {})
+            before = shadows.pop(alias, None)
+            if version is not None:
+                shadows[alias] = int(version)
+            return before, {"alias": alias, "previous": before, "shadow": version}
+
+        return self._change(name, "shadow", actor, mutate)
+
+
+def _set_alias(alias: str, version: int) -> Mutation:
+    def mutate(deployment: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        before = deployment["aliases"].get(alias)
+        deployment["aliases"][alias] = version
+        ended = deployment.get("routes", {}).pop(alias, None)
+        fields = {"alias": alias, "previous": before, "version": version}
+        if ended:
+            fields["ended_route"] = ended
+        return before, fields
+
+    return mutate
+
+
+def new_event(action: str, actor: str | None, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"at": now_iso(), "action": action, "actor": actor or default_actor(), **fields}
+
+
+def _read_reference(path: Path) -> Any:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no such file") from None
+    except Exception as exc:
+        raise StoreError(f"{path}: cannot be read as CSV with a header ({exc})") from None
+    if frame.empty:
+        raise StoreError(f"{path}: reference data has no rows")
+    return frame
+
+
+def _reference_summary(path: Path | None, frame: Any) -> dict[str, Any] | None:
+    if path is None or frame is None:
+        return None
+    return {"source": Path(path).name, "rows": len(frame), "columns": list(map(str, frame))}
