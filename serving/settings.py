@@ -73,9 +73,7 @@ class Settings:
         reader = _Reader(env)
         return cls(
             model_store=_store_location(reader.text("SERVING_MODEL_STORE", "model_store")),
-            cache_dir=Path(reader.text("SERVING_CACHE_DIR", ""))
-            if env.get("SERVING_CACHE_DIR")
-            else None,
+            cache_dir=Path(cache) if (cache := reader.text("SERVING_CACHE_DIR", "")) else None,
             cache_max_bytes=reader.integer("SERVING_CACHE_MAX_BYTES", 10 * 1024**3, low=1),
             poll_interval=reader.number("SERVING_POLL_INTERVAL", 1.0, low=0.05, high=3600),
             max_body_bytes=reader.integer("SERVING_MAX_BODY_BYTES", 8 * 1024 * 1024, low=1024),
