@@ -9,6 +9,7 @@ alias keeps serving what it served before.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -17,18 +18,27 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from serving.errors import ModelNotFound, ModelUnavailable, ServingError, StoreError
+from serving.errors import (
+    ModelNotFound,
+    ModelUnavailable,
+    ServingError,
+    StoreError,
+    StoreUnavailable,
+)
 from serving.rollouts.routing import Route
 from serving.runtime import artifacts
 from serving.runtime.cache import PredictionCache
 from serving.runtime.model import Choice, LoadedModel, ModelState
 from serving.runtime.prepare import prepare
+from serving.runtime.store_health import StoreHealth
 from serving.store.base import StoreBase
 from serving.store.deployment import variant_name
+from serving.store.history import earlier_versions
 from serving.store.model_store import DEFAULT_ALIAS
 from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
+_RETRY = object()  # the signature of a state to reconcile again at the next poll
 
 
 class ModelLoader:
@@ -63,6 +73,10 @@ class ModelLoader:
         self._lock = threading.Lock()  # serialises refreshes
         self._pinned_lock = threading.Lock()  # guards the pinned LRU only: never held for a load
         self._last_poll = float("-inf")
+        self._names: list[str] | None = None
+        self._listed_at = float("-inf")
+        self._health = StoreHealth(metrics, poll_interval)
+        self._transient = False
         self._thread: threading.Thread | None = None
         self._thread_pid = -1
         self._stop = threading.Event()
@@ -123,41 +137,83 @@ class ModelLoader:
     def maybe_refresh(self) -> bool:
         """Refresh if a poll interval has passed since the last one; True when it ran."""
         now = self._clock()
-        if now - self._last_poll < self._interval:
+        if now - self._last_poll < self.next_poll_in():
             return False
         self.refresh()
         return True
 
     def refresh(self) -> None:
-        """Bring every model's state in line with its deployment file (serialised)."""
+        """Bring every model's state in line with its deployment file (serialised).
+
+        An unreachable store changes nothing: every model keeps what it serves, the outage is
+        logged and counted, and polls back off until the store answers again.
+        """
         with self._lock:
             self._last_poll = self._clock()
-            names = self._store.list_models()
+            try:
+                names = self._model_names()
+            except StoreUnavailable as exc:
+                self._store_down("list", exc)
+                return
             states = dict(self._states)
-            changed = False
+            changed, reachable = False, True
             for name in names:
-                signature = self._store.deployment_signature(name)
                 old = states.get(name)
+                try:
+                    signature = self._store.deployment_signature(name)
+                except StoreUnavailable as exc:
+                    reachable = self._store_down("poll", exc)
+                    continue
                 if old is not None and old.signature == signature:
                     continue
-                states[name] = self._reconcile(name, signature, old)
+                self._transient = False
+                state = self._reconcile(name, signature, old)
+                if self._transient:  # a download failed for want of the store: poll again
+                    state = dataclasses.replace(state, signature=_RETRY)
+                states[name] = state
                 changed = True
             for gone in set(states) - set(names):
                 del states[gone]
                 changed = True
+            if reachable:
+                self._health.up()
             if changed:
-                self._states = states  # the one swap every request sees atomically
-                if self._cache is not None:  # answers of versions no longer held go too
-                    with self._pinned_lock:
-                        held = set(self._pinned)
-                    held.update((n, v) for n, s in states.items() for v in s.versions())
-                    self._cache.retain(held)
+                self._swap_in(states)
+
+    def _swap_in(self, states: dict[str, ModelState]) -> None:
+        self._states = states  # the one swap every request sees atomically
+        with self._pinned_lock:
+            held = set(self._pinned)
+        held.update((n, v) for n, s in states.items() for v in s.versions())
+        if self._cache is not None:  # answers of versions no longer held go too
+            self._cache.retain(held)
+        prune = getattr(self._store, "prune_cache", None)
+        if prune is not None:  # an object store's downloads: keep what this worker holds
+            prune(held)
+
+    def _model_names(self) -> list[str]:
+        """The store's models: listed every poll, or every `list_interval` on an object store."""
+        every = getattr(self._store, "list_interval", 0.0)
+        now = self._clock()
+        if self._names is None or now - self._listed_at >= every:
+            self._names, self._listed_at = self._store.list_models(), now
+        return self._names
+
+    def _store_down(self, operation: str, exc: Exception) -> bool:
+        self._health.down(operation, exc)
+        return False
+
+    def next_poll_in(self) -> float:
+        return self._health.next_poll_in()
 
     def _reconcile(
         self, name: str, signature: tuple[int, int, int] | None, old: ModelState | None
     ) -> ModelState:
         try:
             deployment = self._store.read_deployment(name)
+        except StoreUnavailable as exc:
+            self._store_down("poll", exc)
+            return old or ModelState(name, _RETRY, {}, {}, {})
         except (StoreError, ValueError, TypeError) as exc:
             log.error("cannot read deployment of %s: %s", name, exc, extra={"model": name})
             return old or ModelState(name, signature, {}, {}, {})
@@ -237,7 +293,7 @@ class ModelLoader:
         """For a worker with nothing in memory (just started): the newest version the alias
         pointed at before, per history.jsonl, that loads. Old workers keep what they served,
         which is the same version unless history was edited by hand."""
-        for version in _earlier_versions(self._store.history(name), alias, bad):
+        for version in earlier_versions(self._store.history(name), alias, bad):
             loaded = available.get(version) or self._try_load(name, version)
             if isinstance(loaded, LoadedModel):
                 return loaded
@@ -251,6 +307,10 @@ class ModelLoader:
             return failed[1]
         try:
             loaded = self._load(name, version)
+        except StoreUnavailable as exc:  # not the version's fault: not remembered
+            self._transient = True
+            self._store_down("load", exc)
+            return f"the model store is unreachable ({exc})"
         except (artifacts.ModelLoadError, ServingError) as exc:
             reason = getattr(exc, "reason", None) or str(exc)
             self._failures[(name, version)] = (files, reason)
@@ -324,25 +384,8 @@ class ModelLoader:
             self._thread.join(timeout=5)
 
     def _poll_forever(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self._stop.wait(self.next_poll_in()):
             try:
                 self.refresh()
             except Exception:  # the poller must outlive any one bad poll
                 log.exception("model poll failed")
-
-
-def _earlier_versions(history: list[dict[str, Any]], alias: str, current: int) -> list[int]:
-    """Versions `alias` pointed at, newest first, without `current` or repeats."""
-    seen: list[int] = []
-    for event in reversed(history):
-        if event.get("alias") != alias or event.get("action") not in (
-            "promote",
-            "rollback",
-            "route",
-        ):
-            continue
-        for key in ("version", "previous"):
-            version = event.get(key)
-            if isinstance(version, int) and version != current and version not in seen:
-                seen.append(version)
-    return seen

@@ -52,7 +52,7 @@ class ModelState:
     """What one worker serves for one model; replaced whole on every change."""
 
     name: str
-    signature: tuple[int, int, int] | None
+    signature: object  # what the store says changes with the deployment (None: no deployment)
     wanted: dict[str, int]
     serving: dict[str, LoadedModel]
     problems: dict[str, str] = field(default_factory=dict)

@@ -32,3 +32,20 @@ def version_before_split(history: list[dict[str, Any]], alias: str) -> int | Non
             break
         before = event.get("previous")
     return int(before) if before is not None else None
+
+
+def earlier_versions(history: list[dict[str, Any]], alias: str, current: int) -> list[int]:
+    """Versions `alias` pointed at, newest first, without `current` or repeats."""
+    seen: list[int] = []
+    for event in reversed(history):
+        if event.get("alias") != alias or event.get("action") not in (
+            "promote",
+            "rollback",
+            "route",
+        ):
+            continue
+        for key in ("version", "previous"):
+            version = event.get(key)
+            if isinstance(version, int) and version != current and version not in seen:
+                seen.append(version)
+    return seen

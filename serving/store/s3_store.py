@@ -181,6 +181,19 @@ class S3Store(StoreBase):
         """The cache: a local store layout holding the versions fetched so far."""
         return self.cache.root
 
+    def prune_cache(self, held: set[tuple[str, int]]) -> None:
+        """Keep the cache under its bound; versions this worker holds or a deployment (last
+        seen) refers to stay."""
+        keep = set(held)
+        for name in self.cache.cached_models():
+            body = self.cache.load_deployment(name)
+            try:
+                keep.update((name, v) for v in _referenced(json.loads(body or b"{}")))
+            except (ValueError, TypeError, AttributeError):
+                continue
+        for name, version in self.cache.prune(keep):
+            log.info("cache: evicted %s v%s", name, version, extra={"model": name})
+
     def require_version(self, name: str, version: int) -> None:
         self.read_metadata(name, version)
 
@@ -344,6 +357,15 @@ class S3Store(StoreBase):
         body = json.dumps(deployment, indent=2, sort_keys=True).encode() + b"\n"
         if self._put(self._key(name, DEPLOYMENT), body, IfNoneMatch="*") is None:
             raise StoreError(f"{name} already has a deployment in {self.location}")
+
+
+def _referenced(doc: dict[str, Any]) -> set[int]:
+    """Every version a deployment document serves: aliases, route variants, shadows."""
+    versions = {int(v) for v in (doc.get("aliases") or {}).values()}
+    versions.update(int(v) for v in (doc.get("shadows") or {}).values())
+    for route in (doc.get("routes") or {}).values():
+        versions.update(int(v["version"]) for v in route.get("variants", []))
+    return versions
 
 
 def _is_metadata_key(key: str) -> bool:

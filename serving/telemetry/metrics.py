@@ -5,6 +5,7 @@ Names (DESIGN §5), under the configured prefix:
   requests.<status>                  counter, every request
   predictions.<model>.<class>        counter, rows predicted per class (classifiers)
   model.<model>.swap.success|failure counter, per version load attempt
+  store.unavailable.<operation>      counter, the shared model store could not be reached
   model.<model>.<alias>.version      gauge, the version this worker serves for an alias
   cache.<model>.hit|miss             counter, prediction cache lookups (SERVING_PREDICTION_CACHE)
 """
@@ -41,6 +42,9 @@ class Metrics:
 
     def swap(self, model: str, ok: bool) -> None:
         """Record one attempt to load a version."""
+
+    def store_unavailable(self, operation: str) -> None:
+        """Record one failed attempt to reach the model store (poll, list or load)."""
 
     def serving_version(self, model: str, alias: str, version: int) -> None:
         """Record which version serves an alias in this worker."""
@@ -102,6 +106,11 @@ class StatsdMetrics(Metrics):
         if client is not None:
             client.incr(f"model.{metric_part(model)}.swap.{'success' if ok else 'failure'}")
 
+    def store_unavailable(self, operation: str) -> None:
+        client = self._get()
+        if client is not None:
+            client.incr(f"store.unavailable.{metric_part(operation)}")
+
     def serving_version(self, model: str, alias: str, version: int) -> None:
         client = self._get()
         if client is not None:
@@ -146,6 +155,10 @@ class MetricsGroup(Metrics):
     def swap(self, model: str, ok: bool) -> None:
         for member in self._members:
             member.swap(model, ok)
+
+    def store_unavailable(self, operation: str) -> None:
+        for member in self._members:
+            member.store_unavailable(operation)
 
     def serving_version(self, model: str, alias: str, version: int) -> None:
         for member in self._members:

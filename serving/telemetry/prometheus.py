@@ -10,6 +10,7 @@ So prometheus_client is imported when a `PrometheusMetrics` is built, never at i
   serving_request_duration_seconds{model,version,variant}   histogram, requests that named a model
   serving_predictions_total{model,version,class}            counter, predicted rows per class
   serving_model_swaps_total{model,result}                   counter, version loads (success|failure)
+  serving_store_unavailable_total{operation}                counter, object store unreachable
   serving_in_flight_requests                                gauge (livesum), scrapes not included
   serving_model_version{model,alias,pid}                    gauge (liveall), per worker
   serving_feature_drift_psi{model,version,feature}          gauge (mostrecent), set by `set_drift`
@@ -82,6 +83,12 @@ FAMILIES = (
         ("model", "result"),
     ),
     Family(
+        "serving_store_unavailable",
+        "counter",
+        "Times the shared model store could not be reached, by operation (poll, list, load).",
+        ("operation",),
+    ),
+    Family(
         "serving_in_flight_requests",
         "gauge",
         "Requests being handled now, summed over the workers (scrapes not included).",
@@ -143,6 +150,7 @@ class PrometheusMetrics(Metrics):
         self._duration = made["serving_request_duration_seconds"]
         self._predictions = made["serving_predictions"]
         self._swaps = made["serving_model_swaps"]
+        self._store_unavailable = made["serving_store_unavailable"]
         self._in_flight = made["serving_in_flight_requests"]
         self._version = made["serving_model_version"]
         self._drift = made["serving_feature_drift_psi"]
@@ -212,6 +220,9 @@ class PrometheusMetrics(Metrics):
 
     def swap(self, model: str, ok: bool) -> None:
         self._swaps.labels(model, "success" if ok else "failure").inc()
+
+    def store_unavailable(self, operation: str) -> None:
+        self._store_unavailable.labels(operation).inc()
 
     def serving_version(self, model: str, alias: str, version: int) -> None:
         self._versions[(model, alias)] = version
