@@ -81,10 +81,18 @@ def is_not_modified(exc: BaseException) -> bool:
 @contextlib.contextmanager
 def translated(location: S3Location, what: str) -> Iterator[None]:
     """boto3's failures as StoreUnavailable (unreachable, 5xx, throttled) or StoreError."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     try:
         yield
+    except NoCredentialsError:
+        raise StoreError(
+            f"object store {location}: no credentials (set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+        ) from None
+    except (S3UploadFailedError, S3TransferFailedError) as exc:  # boto3's transfer manager
+        raise StoreUnavailable(f"object store {location.bucket}: {what}: {exc}") from None
     except ClientError as exc:
         status = http_status(exc)
         if status >= 500 or status in (0, 429) or error_code(exc) in ("SlowDown", "Throttling"):

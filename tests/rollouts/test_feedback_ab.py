@@ -406,7 +406,7 @@ def test_cli_ab_reads_the_same_data_dir(
         "/v1/feedback", json={"feedback": [{"request_id": i, "label": "setosa"} for i in ids]}
     )
     get_state(app).recorder.close()
-    args = ["--store", str(split.root), "ab", "iris", "--data-dir", str(settings.data_dir)]
+    args = ["--store", split.location, "ab", "iris", "--data-dir", str(settings.data_dir)]
     assert main([*args, "--window", "1h"]) == 0
     table = capsys.readouterr().out
     assert "iris / production, last 1h" in table and "accuracy [95% CI]" in table

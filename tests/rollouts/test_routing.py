@@ -95,10 +95,10 @@ def test_ramping_weights_keeps_the_experiment_and_moves_few_users(
 def test_bad_weights_are_refused_and_change_nothing(
     split: ModelStore, weights: dict[int, float], message: str
 ) -> None:
-    before = split.deployment_path("iris").read_bytes()
+    before = split.read_deployment("iris")
     with pytest.raises(StoreError, match=message):
         split.route("iris", weights, actor="t")
-    assert split.deployment_path("iris").read_bytes() == before
+    assert split.read_deployment("iris") == before
 
 
 def test_parse_weights_cli_form() -> None:

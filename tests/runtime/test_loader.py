@@ -101,6 +101,7 @@ def test_maybe_refresh_waits_for_the_poll_interval(
     assert loader.maybe_refresh() is True
 
 
+@pytest.mark.local_store
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
@@ -142,6 +143,7 @@ def _rewrite_meta(folder: Path, **changes: object) -> None:
     (folder / "metadata.json").write_text(json.dumps(meta))
 
 
+@pytest.mark.local_store
 def test_failed_version_is_not_retried_until_its_files_change(
     store: ModelStore,
     loader: ModelLoader,
@@ -196,6 +198,7 @@ def test_registered_but_never_deployed_model_does_not_block_readiness(
     assert loader.ready() == (True, {})
 
 
+@pytest.mark.local_store
 def test_removed_model_disappears(
     store: ModelStore, loader: ModelLoader, iris_artifact: Path
 ) -> None:

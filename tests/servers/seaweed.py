@@ -21,9 +21,11 @@ from pathlib import Path
 ACCESS_KEY = "serving-test"
 SECRET_KEY = "serving-test-secret"
 REGION = "us-east-1"
+BUCKET = "serving-tests"  # made at start; tests use a prefix each
 _PORTS = (
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-    "filer.port.grpc", "s3.port", "s3.port.grpc", "iam.port", "debug.port", "metricsPort",
+    "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
+    "iam.port", "debug.port", "metricsPort",
 )  # fmt: skip
 
 
@@ -89,11 +91,12 @@ class SeaweedS3:
             "-volume.max=20",
             "-master.telemetry=false",
         ]
-        log = open(self.workdir / "weed.log", "ab")  # noqa: SIM115 (the process holds it)
-        self._proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True
-        )
+        with open(self.workdir / "weed.log", "ab") as log:  # the child keeps its own copy
+            self._proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True
+            )
         self._wait_ready(timeout)
+        self.create_bucket(BUCKET)
 
     def _wait_ready(self, timeout: float) -> None:
         import boto3
@@ -130,11 +133,19 @@ class SeaweedS3:
     def create_bucket(self, name: str) -> None:
         import boto3
 
-        boto3.client("s3", endpoint_url=self.endpoint, **_credentials()).create_bucket(Bucket=name)
+        client = boto3.client("s3", endpoint_url=self.endpoint, **_credentials())
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass  # a restart on the same data
 
     def log_tail(self, lines: int = 30) -> str:
         path = self.workdir / "weed.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
 
 
 def _credentials() -> dict[str, str]:

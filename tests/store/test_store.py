@@ -131,6 +131,7 @@ def test_concurrent_registrations_get_distinct_versions(
     assert store.versions("iris") == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.local_store
 def test_deployment_file_is_replaced_whole(store: ModelStore, iris_artifact: Path) -> None:
     store.register("iris", iris_artifact, activate=True, actor="t")
     before = os.stat(store.deployment_path("iris")).st_ino
@@ -142,6 +143,7 @@ def test_deployment_file_is_replaced_whole(store: ModelStore, iris_artifact: Pat
     assert leftovers == []
 
 
+@pytest.mark.local_store
 def test_torn_last_history_line_is_skipped(store: ModelStore, iris_artifact: Path) -> None:
     store.register("iris", iris_artifact, activate=True, actor="t")
     with open(store.model_dir("iris") / "history.jsonl", "ab") as handle:
