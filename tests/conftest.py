@@ -151,12 +151,13 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 
 
 @pytest.fixture
-def s3_url(seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> str:
+def s3_url(seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """A fresh prefix on the test SeaweedFS, its AWS_* variables set for this test.
 
     One bucket for all: SeaweedFS gives every bucket volumes of its own, and runs out."""
     for key, value in seaweed.env().items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SERVING_CACHE_DIR", str(tmp_path / "cli-cache"))
     return f"s3://{BUCKET}/{uuid.uuid4().hex[:16]}/models"
 
 

@@ -293,7 +293,11 @@ class ModelLoader:
         """For a worker with nothing in memory (just started): the newest version the alias
         pointed at before, per history.jsonl, that loads. Old workers keep what they served,
         which is the same version unless history was edited by hand."""
-        for version in earlier_versions(self._store.history(name), alias, bad):
+        try:
+            history = self._store.history(name)
+        except StoreUnavailable:
+            return None
+        for version in earlier_versions(history, alias, bad):
             loaded = available.get(version) or self._try_load(name, version)
             if isinstance(loaded, LoadedModel):
                 return loaded

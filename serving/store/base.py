@@ -99,6 +99,22 @@ class StoreBase:
     def history(self, name: str) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def version_dir(self, name: str, version: int) -> Path:
+        """A local folder with the version's files (an object store's: its verified cache)."""
+        raise NotImplementedError
+
+    def import_version(
+        self, name: str, version: int, folder: Path, metadata: dict[str, Any]
+    ) -> None:
+        """Publish a version under its own number (store copy); StoreError on a clash."""
+        raise NotImplementedError
+
+    def write_deployment_copy(
+        self, name: str, deployment: dict[str, Any], events: list[dict[str, Any]]
+    ) -> None:
+        """Write a copied model's deployment and history (store copy, into a fresh model)."""
+        raise NotImplementedError
+
     def _publish_new(self, name: str, artifact: Path, metadata: dict[str, Any], target: str) -> int:
         """Publish the next free version number, write-once; fills version, sha256, size."""
         raise NotImplementedError

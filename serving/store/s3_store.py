@@ -69,7 +69,9 @@ class S3Store(StoreBase):
     ) -> None:
         self._where = s3.S3Location.parse(url)
         self.location = str(self._where)
-        self.cache = ArtifactCache(Path(cache_dir), cache_max_bytes)
+        # One cache directory may serve several stores: each gets its own part of it.
+        part = Path("s3", self._where.bucket, *self._where.prefix.split("/"))
+        self.cache = ArtifactCache(Path(cache_dir) / part, cache_max_bytes)
         self._serve_cached = serve_cached  # workers: during an outage, what the cache holds
         self._client, self._client_pid = client, os.getpid() if client else -1
         self._etags: dict[str, str] = {}
@@ -164,6 +166,11 @@ class S3Store(StoreBase):
         key = (name, int(version))
         if key in self._metadata:  # published versions never change
             return self._metadata[key]
+        cached = self.cache.cached(name, version)
+        if cached is not None:  # verified when it was fetched: no request needed
+            metadata = json.loads((cached / METADATA).read_bytes())
+            self._metadata[key] = metadata
+            return metadata
         found = self._get(self._key(name, str(int(version)), METADATA))
         if found is None:
             self._existing_name(name)
