@@ -76,6 +76,7 @@ class ModelLoader:
         self._names: list[str] | None = None
         self._listed_at = float("-inf")
         self._health = StoreHealth(metrics, poll_interval)
+        self._outage: tuple[str, Exception] | None = None  # this poll's first store failure
         self._transient = False
         self._thread: threading.Thread | None = None
         self._thread_pid = -1
@@ -150,19 +151,20 @@ class ModelLoader:
         """
         with self._lock:
             self._last_poll = self._clock()
+            self._outage: tuple[str, Exception] | None = None
             try:
                 names = self._model_names()
             except StoreUnavailable as exc:
-                self._store_down("list", exc)
+                self._health.down("list", exc)
                 return
             states = dict(self._states)
-            changed, reachable = False, True
+            changed = False
             for name in names:
                 old = states.get(name)
                 try:
                     signature = self._store.deployment_signature(name)
                 except StoreUnavailable as exc:
-                    reachable = self._store_down("poll", exc)
+                    self._store_down("poll", exc)
                     continue
                 if old is not None and old.signature == signature:
                     continue
@@ -175,8 +177,10 @@ class ModelLoader:
             for gone in set(states) - set(names):
                 del states[gone]
                 changed = True
-            if reachable:
+            if self._outage is None:
                 self._health.up()
+            else:  # counted once per poll, whatever the number of models
+                self._health.down(*self._outage)
             if changed:
                 self._swap_in(states)
 
@@ -199,9 +203,9 @@ class ModelLoader:
             self._names, self._listed_at = self._store.list_models(), now
         return self._names
 
-    def _store_down(self, operation: str, exc: Exception) -> bool:
-        self._health.down(operation, exc)
-        return False
+    def _store_down(self, operation: str, exc: Exception) -> None:
+        if self._outage is None:
+            self._outage = (operation, exc)
 
     def next_poll_in(self) -> float:
         return self._health.next_poll_in()

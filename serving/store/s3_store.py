@@ -166,12 +166,13 @@ class S3Store(StoreBase):
         key = (name, int(version))
         if key in self._metadata:  # published versions never change
             return self._metadata[key]
-        cached = self.cache.cached(name, version)
-        if cached is not None:  # verified when it was fetched: no request needed
-            metadata = json.loads((cached / METADATA).read_bytes())
-            self._metadata[key] = metadata
-            return metadata
-        found = self._get(self._key(name, str(int(version)), METADATA))
+        try:
+            found = self._get(self._key(name, str(int(version)), METADATA))
+        except StoreUnavailable:
+            cached = self.cache.cached(name, version) if self._serve_cached else None
+            if cached is None:
+                raise
+            return json.loads((cached / METADATA).read_bytes())  # verified when fetched
         if found is None:
             self._existing_name(name)
             raise VersionNotFound(

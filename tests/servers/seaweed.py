@@ -6,6 +6,7 @@ access key, and can be stopped and started again on the same ports and data (the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -134,10 +135,9 @@ class SeaweedS3:
         import boto3
 
         client = boto3.client("s3", endpoint_url=self.endpoint, **_credentials())
-        try:
+        known = (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists)
+        with contextlib.suppress(*known):  # a restart on the same data
             client.create_bucket(Bucket=name)
-        except client.exceptions.BucketAlreadyOwnedByYou:
-            pass  # a restart on the same data
 
     def log_tail(self, lines: int = 30) -> str:
         path = self.workdir / "weed.log"
