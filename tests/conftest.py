@@ -23,6 +23,7 @@ from serving.api.state import get_state
 from serving.app import create_app
 from serving.settings import Settings
 from serving.store.model_store import ModelStore
+from tests import pg
 from tests.openapi_check import ConformingClient
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -140,11 +141,48 @@ def store(tmp_path: Path) -> ModelStore:
     return ModelStore(tmp_path / "store")
 
 
+# -- the telemetry database: SQLite by default, PostgreSQL where a module asks for both --------
+
+ENGINES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[pg.Cluster]:
+    """This test process's PostgreSQL server (each xdist worker has its own)."""
+    try:
+        cluster = pg.start_cluster()
+    except pg.Unavailable as exc:
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    yield cluster
+    cluster.remove()
+
+
 @pytest.fixture
-def settings(store: ModelStore, tmp_path: Path) -> Settings:
+def postgres_url(pg_cluster: pg.Cluster) -> str:
+    """A fresh, empty database of the test cluster."""
+    return pg_cluster.database()
+
+
+def engine_url(request: pytest.FixtureRequest) -> str | None:
+    """For a fixture parametrized over ENGINES: None (SQLite) or a fresh PostgreSQL URL."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def database_url() -> str | None:
+    """Settings.database_url of the `settings` fixture: a module that covers both engines
+    overrides it with `@pytest.fixture(params=ENGINES)` returning `engine_url(request)`."""
+    return None
+
+
+@pytest.fixture
+def settings(store: ModelStore, tmp_path: Path, database_url: str | None) -> Settings:
     return Settings(
         model_store=store.root,
         data_dir=tmp_path / "data",
+        database_url=database_url,
         statsd_host=None,
         configure_logging=False,
         start_poller=False,
