@@ -69,6 +69,7 @@ def make_recorder(settings: Settings, on_drop: OnDrop | None = None) -> Recorder
         settings.log_retention_days,
         settings.log_max_rows,
         input_rows=settings.log_input_rows,
+        queue_size=QUEUE_SIZE,
         on_drop=on_drop,
     )
 
