@@ -53,6 +53,7 @@ def store_feedback(datastore: DataStore, items: Sequence[Feedback], now: float) 
             continue
         accepted.append((item.request_id, item.row, orjson.dumps(item.truth).decode(), item.kind))
     if accepted:
+        accepted.sort(key=lambda values: values[:2])  # one lock order in every worker: no deadlock
         with datastore.transaction() as conn:
             conn.executemany(
                 "INSERT INTO feedback (request_id, row, truth, kind, at) VALUES (?, ?, ?, ?, ?)"
