@@ -102,7 +102,7 @@ class DataStore:
 
     def _forget(self, conn: Any) -> None:
         """Drop this thread's broken connection (the server restarted or went away)."""
-        self._local = threading.local()
+        self._local.conn = None
         with self._lock:
             self._connections = [(p, c) for p, c in self._connections if c is not conn]
         with contextlib.suppress(Exception):

@@ -22,7 +22,17 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 SCHEMES = ("postgresql", "postgres")
-CONNECT_TIMEOUT_S = 5  # a connect to an unreachable host gives up after this (writer threads)
+# Defaults of every connection, unless the URL says otherwise: a connect to an unreachable host
+# gives up after 5 s, and a connection whose peer vanished (no RST: a partition, a dead machine)
+# fails within ~15 s instead of TCP's minutes, so a writer thread never hangs on it for long.
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "2",
+    "tcp_user_timeout": "15000",
+}
 _SCHEMA_LOCK = 0x5E41  # the advisory lock id migrations take in PostgreSQL
 
 
@@ -114,8 +124,11 @@ class PostgresEngine(Engine):
 
     def connect(self, url: str) -> PostgresConnection:
         import psycopg
+        from psycopg.conninfo import conninfo_to_dict
 
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        given = conninfo_to_dict(url)
+        defaults = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
+        conn = psycopg.connect(url, autocommit=True, **defaults)
         return PostgresConnection(conn, self)
 
 
