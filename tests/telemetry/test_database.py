@@ -5,6 +5,7 @@ backed off, writing resumed. A real PostgreSQL server of the test's own is stopp
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -13,12 +14,15 @@ from flask import Flask
 
 from serving.api.state import get_state
 from serving.errors import ConfigError
+from serving.monitoring.counts import COMPONENT as MONITOR
+from serving.monitoring.counts import MIGRATIONS as MONITOR_MIGRATIONS
 from serving.settings import Settings
 from serving.store.model_store import ModelStore
 from serving.telemetry import predlog
 from serving.telemetry.datastore import DataStore, DataStoreError
 from serving.telemetry.engines import mask_url
 from serving.telemetry.predlog import SQLiteRecorder
+from serving.telemetry.predlog_schema import COMPONENT, MIGRATIONS
 from tests import pg
 from tests.conftest import IRIS_ROW
 from tests.telemetry.test_prometheus import scrape, value
@@ -71,6 +75,36 @@ def test_reconnection_backs_off_and_never_logs_the_password(
     assert "next attempt in 0.5 s" in caplog.text and "next attempt in 1.0 s" in caplog.text
     assert pg.PASSWORD not in caplog.text and "u:***@127.0.0.1" in caplog.text
     datastore.close()
+
+
+def test_replicas_migrating_one_new_database_at_once_do_not_collide(
+    tmp_path: object, postgres_url: str
+) -> None:
+    """Every worker of every replica starts by applying the migrations: an advisory lock makes
+    them take turns (without it, concurrent CREATE TABLEs fail on PostgreSQL's catalogue)."""
+    stores = [DataStore(tmp_path, postgres_url) for _ in range(6)]  # type: ignore[arg-type]
+    start, errors = threading.Barrier(len(stores)), []
+
+    def migrate(store: DataStore) -> None:
+        try:
+            start.wait()
+            store.ensure_schema(COMPONENT, MIGRATIONS)
+            store.ensure_schema(MONITOR, MONITOR_MIGRATIONS)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert errors == []
+        versions = stores[0].connect().execute("SELECT component, version FROM schema_version")
+        assert dict(versions.fetchall()) == {COMPONENT: 1, MONITOR: len(MONITOR_MIGRATIONS)}
+    finally:
+        for store in stores:
+            store.close()
 
 
 @pytest.fixture
