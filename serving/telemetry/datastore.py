@@ -100,6 +100,11 @@ class DataStore:
             self._connections.append((pid, conn))
         return conn
 
+    def backing_off(self) -> bool:
+        """True while waiting to try an unreachable database again: writers keep their data
+        as it is instead of preparing a write that would fail."""
+        return time.monotonic() < self._retry_at
+
     def _forget(self, conn: Any) -> None:
         """Drop this thread's broken connection (the server restarted or went away)."""
         self._local.conn = None

@@ -190,6 +190,8 @@ class SQLiteRecorder(Recorder):
     def flush(self) -> int:
         """Write every queued record now, in one transaction; the number written."""
         with self._write_lock:
+            if self.datastore.backing_off():  # the database is down: the queue is the buffer
+                return 0
             batch = []
             while self._queue:
                 batch.append(self._queue.popleft())
@@ -280,6 +282,12 @@ class SQLiteRecorder(Recorder):
             self._thread.join(timeout=10)
             self._thread = None
             self.flush()
+            if self._queue:  # the store is down: what it buffered goes with this process
+                log.warning(
+                    "prediction log %s: %d records not written at exit",
+                    self.datastore.where,
+                    len(self._queue),
+                )
         self._pid = -1  # a later record() finds the recorder closed
         self.datastore.close()
 
