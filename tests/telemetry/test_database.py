@@ -107,6 +107,31 @@ def test_replicas_migrating_one_new_database_at_once_do_not_collide(
             store.close()
 
 
+def test_a_connection_the_server_ended_is_replaced_and_its_batch_kept(
+    tmp_path: object, postgres_url: str
+) -> None:
+    import psycopg
+
+    from tests.telemetry.test_predlog import make_record
+
+    datastore = DataStore(tmp_path, postgres_url)  # type: ignore[arg-type]
+    recorder = SQLiteRecorder(datastore, flush_interval=3600)
+    try:
+        recorder.record(make_record("before"))
+        assert recorder.flush() == 1
+        backend = datastore.connect().execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        recorder.record(make_record("after"))
+        assert recorder.flush() == 0  # the write found its connection gone: kept
+        assert recorder.stats()["queued"] == 1
+        assert recorder.flush() == 1  # on a new connection
+        assert datastore.connect().execute("SELECT pg_backend_pid()").fetchone()[0] != backend
+        assert recorder.stats() == {"queued": 0, "written": 2, "dropped": 0, "failed": 0}
+    finally:
+        recorder.close()
+
+
 @pytest.fixture
 def own_cluster() -> Iterator[pg.Cluster]:
     """A PostgreSQL server of this test alone: it is stopped and started again."""
