@@ -46,10 +46,10 @@ PRUNE_INTERVAL = 60.0  # seconds between retention passes of each worker
 WARN_INTERVAL = 30.0  # seconds between two warnings about lost records
 _YIELD_AFTER = 0.0002  # seconds of JSON conversion between two releases of the GIL
 _PRUNE_CHUNK = 10_000  # rows per delete transaction: short write locks for the other workers
-_INSERT = (
-    "INSERT INTO predictions (request_id, at, model, version, alias, variant, shadow, status,"
-    " latency_ms, rows, inputs, outputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_COLUMNS = (
+    "request_id", "at", "model", "version", "alias", "variant", "shadow", "status",
+    "latency_ms", "rows", "inputs", "outputs",
+)  # fmt: skip
 
 
 class PredictionLogOff(ServingError):
@@ -201,7 +201,7 @@ class SQLiteRecorder(Recorder):
                 rows = self._convert(batch)
                 self.datastore.ensure_schema(COMPONENT, MIGRATIONS)
                 with self.datastore.transaction() as conn:
-                    conn.executemany(_INSERT, rows)
+                    self.datastore.engine.insert(conn, "predictions", _COLUMNS, rows)
             except Exception as exc:  # a full disk or a database down must not kill the writer
                 self._failed_write(batch, exc)
                 return 0
