@@ -50,7 +50,8 @@ class Settings:
     data_dir: Path = Path("data")
     # PostgreSQL (`postgresql://USER:PASSWORD@HOST:PORT/DB`) instead of SQLite in `data_dir` for
     # the prediction log, feedback, drift and traffic counts: one database every replica shares.
-    database_url: str | None = None
+    # Out of the repr: it may carry a password.
+    database_url: str | None = dataclasses.field(default=None, repr=False)
     log_sample: float = 1.0
     log_retention_days: float = 7.0
     log_max_rows: int = 1_000_000

@@ -36,7 +36,8 @@ BOUND = 50  # the prediction log's queue in these tests: an outage fills it fast
     ids=["postgresql", "postgres"],
 )
 def test_database_url_selects_postgresql(url: str) -> None:
-    assert Settings.from_env({"SERVING_DATABASE_URL": url}).database_url == url
+    settings = Settings.from_env({"SERVING_DATABASE_URL": url})
+    assert settings.database_url == url and "u:p@" not in repr(settings)
     assert Settings.from_env({}).database_url is None
     assert Settings.from_env({"SERVING_DATABASE_URL": " "}).database_url is None
 
