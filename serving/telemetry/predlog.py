@@ -121,6 +121,7 @@ class SQLiteRecorder(Recorder):
         self.failed = 0  # lost to a write error that will not pass (bad data)
         self.written = 0
         self._reported = 0  # dropped + failed already handed to `on_drop`
+        self._warned = 0  # dropped + failed at the last warning
         self._warned_at = -WARN_INTERVAL
 
     # -- the request path ------------------------------------------------------------------
@@ -177,14 +178,15 @@ class SQLiteRecorder(Recorder):
         if time.monotonic() - self._warned_at >= WARN_INTERVAL:
             self._warned_at = time.monotonic()
             log.warning(
-                "prediction log: %d records lost (%d in all: %d with the queue full, %d to "
-                "write errors; %d queued)",
-                new,
+                "prediction log: %d records lost since the last warning (%d in all: %d with "
+                "the queue full, %d to write errors; %d queued)",
+                lost - self._warned,
                 lost,
                 self.dropped,
                 self.failed,
                 len(self._queue),
             )
+            self._warned = lost
         return new
 
     def flush(self) -> int:
