@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export SERVING_MODEL_STORE ?= model_store
 
-.PHONY: run test lint check demo venv dev clean browser docs nginx
+.PHONY: run test lint check demo venv dev clean browser docs nginx postgres
 
 # The runtime virtualenv: re-made whenever requirements.txt changes.
 $(VENV)/.runtime: requirements.txt
@@ -28,7 +28,7 @@ run: demo
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 # On both cores (pytest-xdist); the layer contracts and the docs build are tests too.
-test: dev browser nginx
+test: dev browser nginx postgres
 	$(PY) -m pytest -n 2
 
 # Headless Chromium for the dashboard's browser test (Debian's package). Never fails: where it
@@ -44,6 +44,14 @@ nginx:
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get install -y nginx || \
 		(apt-get update && apt-get install -y nginx)) || echo "make nginx: could not install" \
 		"nginx; the fleet test will skip"
+
+# PostgreSQL for the telemetry tests on both engines (tests/pg.py runs initdb and pg_ctl as an
+# unprivileged user in a temp dir), Debian's package; never fails: where it cannot be installed,
+# those tests skip and say why.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get install -y postgresql || \
+		(apt-get update && apt-get install -y postgresql)) || echo "make postgres: could not" \
+		"install postgresql; the PostgreSQL telemetry tests will skip"
 
 # `lint` fixes what it can; `check` only reads (CI-safe).
 lint: dev

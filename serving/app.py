@@ -85,7 +85,8 @@ def init_state(app: Flask, settings: Settings) -> ServingState:
     loader.refresh()  # a (re)started worker serves the current versions from its first request
     if settings.start_poller:
         loader.ensure_polling()
-    recorder, monitor = make_recorder(settings), make_monitor(settings)
+    dropped = metrics.telemetry_dropped  # telemetry lost while the data store cannot keep up
+    recorder, monitor = make_recorder(settings, dropped), make_monitor(settings, dropped)
     state = ServingState(settings, store, loader, metrics, recorder=recorder, monitor=monitor)
     app.extensions[EXTENSION] = state
     return state

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from serving.errors import ConfigError
 
@@ -52,6 +53,10 @@ class Settings:
     # than `log_retention_days` or beyond the newest `log_max_rows` are pruned. Inputs are kept
     # for the first `log_input_rows` instances of a request only (0: never; outputs always).
     data_dir: Path = Path("data")
+    # PostgreSQL (`postgresql://USER:PASSWORD@HOST:PORT/DB`) instead of SQLite in `data_dir` for
+    # the prediction log, feedback, drift and traffic counts: one database every replica shares.
+    # Out of the repr: it may carry a password.
+    database_url: str | None = dataclasses.field(default=None, repr=False)
     log_sample: float = 1.0
     log_retention_days: float = 7.0
     log_max_rows: int = 1_000_000
@@ -90,6 +95,7 @@ class Settings:
             fast_kernels=reader.flag("SERVING_FAST_KERNELS", True),
             default_model=reader.text("SERVING_DEFAULT_MODEL", "") or None,
             data_dir=Path(reader.text("SERVING_DATA_DIR", "data") or "data"),
+            database_url=reader.database_url("SERVING_DATABASE_URL"),
             log_sample=reader.number("SERVING_LOG_SAMPLE", 1.0, low=0.0, high=1.0),
             log_retention_days=reader.number(
                 "SERVING_LOG_RETENTION_DAYS", 7.0, low=0.001, high=3650
@@ -156,6 +162,19 @@ class _Reader:
         if value not in choices:
             raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
         return value
+
+    def database_url(self, name: str) -> str | None:
+        """A `postgresql://` (or `postgres://`) URL, or None; the password never in an error."""
+        raw = self.text(name, "")
+        if not raw:
+            return None
+        parts = urlsplit(raw)
+        if parts.scheme not in ("postgresql", "postgres"):
+            shown = f"{parts.scheme}://..." if parts.scheme else "a value without a scheme"
+            raise ConfigError(
+                f"{name} must be a postgresql://USER:PASSWORD@HOST:PORT/DB URL, not {shown}"
+            )
+        return raw
 
     def flag(self, name: str, default: bool) -> bool:
         raw = self._env.get(name)

@@ -26,6 +26,7 @@ from serving.settings import Settings
 from serving.store.base import StoreBase
 from serving.store.model_store import ModelStore
 from serving.store.s3_store import S3Store
+from tests import pg
 from tests.openapi_check import ConformingClient
 from tests.servers.seaweed import BUCKET, SeaweedS3, weed_binary
 
@@ -176,12 +177,49 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, store_backend: str) ->
     return ModelStore(tmp_path / "store")
 
 
+# -- the telemetry database: SQLite by default, PostgreSQL where a module asks for both --------
+
+ENGINES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[pg.Cluster]:
+    """This test process's PostgreSQL server (each xdist worker has its own)."""
+    try:
+        cluster = pg.start_cluster()
+    except pg.Unavailable as exc:
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    yield cluster
+    cluster.remove()
+
+
 @pytest.fixture
-def settings(store: ModelStore, tmp_path: Path) -> Settings:
+def postgres_url(pg_cluster: pg.Cluster) -> str:
+    """A fresh, empty database of the test cluster."""
+    return pg_cluster.database()
+
+
+def engine_url(request: pytest.FixtureRequest) -> str | None:
+    """For a fixture parametrized over ENGINES: None (SQLite) or a fresh PostgreSQL URL."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def database_url() -> str | None:
+    """Settings.database_url of the `settings` fixture: a module that covers both engines
+    overrides it with `@pytest.fixture(params=ENGINES)` returning `engine_url(request)`."""
+    return None
+
+
+@pytest.fixture
+def settings(store: ModelStore, tmp_path: Path, database_url: str | None) -> Settings:
     return Settings(
         model_store=store.location,
         cache_dir=tmp_path / "cache",
         data_dir=tmp_path / "data",
+        database_url=database_url,
         statsd_host=None,
         configure_logging=False,
         start_poller=False,

@@ -28,7 +28,8 @@ def monitored_datastore() -> Iterator[DataStore]:
         monitor.flush()
         yield monitor.datastore
         return
-    datastore = DataStore(get_state().settings.data_dir)
+    settings = get_state().settings
+    datastore = DataStore(settings.data_dir, settings.database_url)
     try:
         yield datastore
     finally:

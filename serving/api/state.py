@@ -29,6 +29,8 @@ class ServingState:
         """Stop the poll thread and close sockets (tests, and a clean worker exit)."""
         self.loader.stop_polling()
         self.recorder.close()
+        if self.monitor is not None:  # a last flush; its database connections closed
+            self.monitor.close()
         self.metrics.close()
 
 

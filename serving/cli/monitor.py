@@ -38,7 +38,8 @@ def _data_dir(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         type=Path,
         default=Path(os.environ.get("SERVING_DATA_DIR") or "data"),
-        help="the embedded store's directory (default: $SERVING_DATA_DIR or ./data)",
+        help="the embedded store's directory (default: $SERVING_DATA_DIR or ./data); "
+        "$SERVING_DATABASE_URL, when set, is read instead",
     )
 
 
@@ -49,11 +50,11 @@ def run_monitor(store: StoreBase, args: argparse.Namespace) -> int:
     """`python -m serving monitor NAME [--version V] [--window 1h] [--json] [--data-dir DIR]`."""
     from serving.monitoring.report import build_report
     from serving.settings import Settings
-    from serving.telemetry.datastore import DataStore, parse_window
+    from serving.telemetry.datastore import DataStore, database_url, parse_window
 
     settings = Settings.from_env()  # the drift thresholds
     seconds = parse_window(args.window)
-    datastore = DataStore(args.data_dir)
+    datastore = DataStore(args.data_dir, database_url())
     try:
         body = build_report(
             datastore,
@@ -145,10 +146,10 @@ def run_traffic(store: StoreBase, args: argparse.Namespace) -> int:
     """`python -m serving traffic [NAME] [--window 15m] [--json] [--data-dir DIR]`."""
     from serving.monitoring.dashboard import build_dashboard
     from serving.settings import Settings
-    from serving.telemetry.datastore import DataStore, parse_window
+    from serving.telemetry.datastore import DataStore, database_url, parse_window
 
     settings = Settings.from_env()  # the drift thresholds
-    datastore = DataStore(args.data_dir)
+    datastore = DataStore(args.data_dir, database_url())
     try:
         body = build_dashboard(
             datastore,

@@ -46,7 +46,8 @@ def add_parser(verbs: Any) -> None:
         "--data-dir",
         type=Path,
         default=Path(os.environ.get("SERVING_DATA_DIR") or "data"),
-        help="the prediction log's directory (default: $SERVING_DATA_DIR or ./data)",
+        help="the prediction log's directory (default: $SERVING_DATA_DIR or ./data); "
+        "$SERVING_DATABASE_URL, when set, is read instead",
     )
     ab.set_defaults(run=run_ab)
 
@@ -93,10 +94,10 @@ def format_route(doc: dict[str, Any]) -> str:
 def run_ab(store: StoreBase, args: argparse.Namespace) -> int:
     """`python -m serving ab NAME [--alias A] [--window 24h] [--json] [--data-dir DIR]`."""
     from serving.rollouts.abtest import build_report  # scipy: only for this verb
-    from serving.telemetry.datastore import DataStore, parse_window
+    from serving.telemetry.datastore import DataStore, database_url, parse_window
 
     seconds = parse_window(args.window)
-    datastore = DataStore(args.data_dir)
+    datastore = DataStore(args.data_dir, database_url())
     try:
         body = build_report(
             datastore, store, args.name, args.alias, seconds, time.time(), args.window

@@ -11,6 +11,12 @@ window sums the minutes (to the minute) of every worker, past and present.
 
 The same flusher writes the worker's traffic counts (`serving.monitoring.traffic`: requests per
 10 s, status and latency bin, for the dashboard) into `traffic_counts`, in the same transaction.
+
+A flush that fails (the store locked, full, or a PostgreSQL server down) keeps its counts for
+the next one, up to `MAX_KEPT_KEYS` rows per table; beyond that they are dropped, counted
+(`on_drop`: the `serving_telemetry_dropped_total` metric, in rows or requests) and logged at
+most every `WARN_INTERVAL` seconds. Rows are written in key order, so two workers adding to the
+same PostgreSQL rows lock them in the same order and never deadlock.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 from serving.monitoring import binning, traffic
 from serving.monitoring.binning import Profile
 from serving.monitoring.counts import COMPONENT, MIGRATIONS, UPSERT, Key, bucket_of
+from serving.monitoring.drift import ROWS
 from serving.settings import Settings
 from serving.store.base import StoreBase
 from serving.store.open import store_from_settings
@@ -37,19 +44,23 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING_ROWS = 200_000  # rows queued per worker between flushes; beyond: dropped, counted
 PRUNE_INTERVAL = 3600.0
+MAX_KEPT_KEYS = 100_000  # count rows kept per table while the store cannot be written
+WARN_INTERVAL = 30.0  # seconds between two warnings about a store that cannot be written
+OnDrop = Callable[[str, int], None]  # (component, how many lost): the drop metric
 _YIELD_AFTER = 0.0002  # seconds of binning between two releases of the GIL
 _BIN_INTERVAL = 0.25  # seconds between two binnings of the queue (memory: inputs held until then)
 
 
-def make_monitor(settings: Settings) -> Monitor | None:
+def make_monitor(settings: Settings, on_drop: OnDrop | None = None) -> Monitor | None:
     """This worker's monitor (None when SERVING_MONITOR_FLUSH is 0); the app holds it."""
     if settings.monitor_flush <= 0:
         return None
     return Monitor(
-        DataStore(settings.data_dir),
+        DataStore(settings.data_dir, settings.database_url),
         store_from_settings(settings),
         settings.monitor_flush,
         settings.log_retention_days,
+        on_drop=on_drop,
     )
 
 
@@ -63,8 +74,10 @@ class Monitor:
         flush_interval: float = 5.0,
         retention_days: float = 7.0,
         clock: Callable[[], float] = time.time,
+        on_drop: OnDrop | None = None,
     ) -> None:
         self.datastore = datastore
+        self._on_drop = on_drop
         self.store = store
         self.flush_interval = flush_interval
         self._retention_s = retention_days * 86400.0
@@ -81,8 +94,11 @@ class Monitor:
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._closed = False
-        self.dropped = 0  # rows not counted: queue full
+        self.dropped = 0  # rows not counted: queue full, or kept too long unwritten
+        self.dropped_requests = 0  # traffic counts dropped, kept too long unwritten
         self.failed = 0  # flushes that failed (their counts are retried)
+        self._reported = (0, 0)  # (dropped, traffic dropped) handed to `on_drop`
+        self._warned_at = -WARN_INTERVAL
 
     # -- the request path ------------------------------------------------------------------
 
@@ -143,6 +159,7 @@ class Monitor:
                 continue
             next_flush = time.monotonic() + self.flush_interval
             self.flush()
+            self.report_drops()
             if self._clock() >= next_prune:
                 self.prune()
                 next_prune = self._clock() + PRUNE_INTERVAL
@@ -210,22 +227,48 @@ class Monitor:
                 return 0
             counts, self._counts = self._counts, defaultdict(float)
             requests, self._traffic_counts = self._traffic_counts, Counter()
-            rows = [(*key, n) for key, n in counts.items()]
-            traffic_rows = [(*key, n) for key, n in requests.items()]
+            rows = sorted(((*key, n) for key, n in counts.items()), key=_order)
+            traffic_rows = sorted(((*key, n) for key, n in requests.items()), key=_order)
             try:
                 self.datastore.ensure_schema(COMPONENT, MIGRATIONS)
                 with self.datastore.transaction() as conn:
                     conn.executemany(UPSERT, rows)
                     conn.executemany(traffic.UPSERT, traffic_rows)
-            except Exception:  # a locked or full store: keep the counts for the next flush
-                if not self.failed:
-                    log.exception("drift monitor: cannot write counts to %s", self.datastore.path)
-                self.failed += 1
-                for key, n in counts.items():
-                    self._counts[key] += n
-                self._traffic_counts.update(requests)
+            except Exception as exc:  # a locked or full store: keep the counts for the next flush
+                self._keep(counts, requests, exc)
                 return 0
+            if self.failed:
+                log.warning("drift monitor: writing counts to %s again", self.datastore.where)
+            self.failed = 0
             return len(rows) + len(traffic_rows)
+
+    def _keep(self, counts: dict[Key, float], requests: Counter[Any], exc: Exception) -> None:
+        """Put unwritten counts back for the next flush, within `MAX_KEPT_KEYS` per table."""
+        if time.monotonic() - self._warned_at >= WARN_INTERVAL:
+            self._warned_at = time.monotonic()
+            log.warning("drift monitor: cannot write counts to %s (%s)", self.datastore.where, exc)
+        self.failed += 1
+        for key, n in counts.items():
+            if key in self._counts or len(self._counts) < MAX_KEPT_KEYS:
+                self._counts[key] += n
+            elif key[3] == ROWS:
+                self.dropped += int(n)
+        for tkey, tn in requests.items():
+            if tkey in self._traffic_counts or len(self._traffic_counts) < MAX_KEPT_KEYS:
+                self._traffic_counts[tkey] += tn
+            else:
+                self.dropped_requests += tn
+
+    def report_drops(self) -> None:
+        """Hand the rows and requests lost since the last call to `on_drop`."""
+        now = (self.dropped, self.dropped_requests + self.traffic.dropped)
+        rows, requests = now[0] - self._reported[0], now[1] - self._reported[1]
+        self._reported = now
+        if self._on_drop is not None:
+            if rows > 0:
+                self._on_drop("monitor", rows)
+            if requests > 0:
+                self._on_drop("traffic", requests)
 
     def prune(self) -> None:
         try:
@@ -277,3 +320,8 @@ class Monitor:
         binning.add_request(
             self._counts, profile, model, version, at, features, predictions, probabilities
         )
+
+
+def _order(row: tuple[Any, ...]) -> tuple[str, ...]:
+    """The same order of keys in every worker, whatever the types of their parts."""
+    return tuple(str(part) for part in row[:-1])

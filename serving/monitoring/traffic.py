@@ -27,15 +27,15 @@ BINS_PER_DECADE = 20
 EDGES_MS: tuple[float, ...] = tuple(10 ** (k / BINS_PER_DECADE) for k in range(-20, 101))
 MAX_PENDING = 500_000  # requests queued per worker between flushes; beyond: dropped, counted
 MIGRATION = [
-    "CREATE TABLE traffic_counts (bucket INTEGER NOT NULL, model TEXT NOT NULL,"
+    "CREATE TABLE traffic_counts (bucket BIGINT NOT NULL, model TEXT NOT NULL,"
     " version INTEGER NOT NULL, variant TEXT NOT NULL, status INTEGER NOT NULL,"
     " bin INTEGER NOT NULL, n INTEGER NOT NULL,"
-    " PRIMARY KEY (bucket, model, version, variant, status, bin)) WITHOUT ROWID",
+    " PRIMARY KEY (bucket, model, version, variant, status, bin)){without_rowid}",
 ]
 UPSERT = (
     "INSERT INTO traffic_counts (bucket, model, version, variant, status, bin, n)"
     " VALUES (?,?,?,?,?,?,?) ON CONFLICT (bucket, model, version, variant, status, bin)"
-    " DO UPDATE SET n = n + excluded.n"
+    " DO UPDATE SET n = traffic_counts.n + excluded.n"
 )
 # model "" = a prediction request refused before it chose a model (malformed, unknown model);
 # version 0 = no version chosen; variant "" = the alias is not split (or a pinned version).

@@ -1,1 +1,1 @@
-"""Telemetry: JSON logs, StatsD, Prometheus, the prediction log, the embedded datastore."""
+"""Telemetry: JSON logs, StatsD, Prometheus, the prediction log, its SQLite or PostgreSQL store."""

@@ -1,12 +1,17 @@
-"""The embedded data store: one SQLite database in WAL mode under `SERVING_DATA_DIR`.
+"""The data store: one SQLite database in WAL mode under `SERVING_DATA_DIR`, or PostgreSQL.
 
 Shared by every gunicorn worker, the CLI and each component that keeps data (the prediction
 log and feedback here; monitoring buckets can add their own tables). WAL lets readers run while
 a writer commits; writers from many processes take turns behind `busy_timeout`, so components
-batch their writes into few, short transactions.
+batch their writes into few, short transactions. With `SERVING_DATABASE_URL` the same tables
+live in one PostgreSQL database every replica writes to (`serving.telemetry.engines` holds
+what differs between the two engines).
 
 A connection is never shared between processes or threads: `connect()` opens one per
 (process, thread) on first use, so nothing is opened at import or in the gunicorn master.
+A PostgreSQL connection that broke (the server restarted) is replaced on the next use; while
+the server cannot be reached, connection attempts back off exponentially (capped) and fail
+fast in between with DataStoreError, which writers treat as "keep it for later".
 Each component declares its tables as numbered migrations (`ensure_schema`); the version each
 component reached is kept in the `schema_version` table.
 """
@@ -19,10 +24,13 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from serving.errors import InvalidInput, ServingError
+from serving.telemetry.engines import Engine, PostgresEngine, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,8 @@ Migration = Sequence[str]
 WINDOW_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_WINDOW_SECONDS = 366 * 86400
+# Seconds between two attempts to reach an unreachable database: doubled per failure, capped.
+RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
 
 
 class DataStoreError(ServingError):
@@ -46,38 +56,84 @@ class DataStoreError(ServingError):
 
 
 class DataStore:
-    """One database file; cheap to build, opens nothing until `connect()`."""
+    """One database (a file, or PostgreSQL at `url`); cheap to build, opens nothing until
+    `connect()`."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, url: str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_FILE
+        self.url = url
+        self.engine: Engine = PostgresEngine() if url else Engine()
+        # Where the data lives, for logs and messages: never the password.
+        self.where = mask_url(url) if url else str(self.path)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        self._connections: list[tuple[int, Any]] = []
         # Connections inherited through fork() are kept referenced and never touched: closing
-        # a copy of another process's SQLite handle could disturb that process's locks.
-        self._inherited: list[sqlite3.Connection] = []
+        # a copy of another process's SQLite handle could disturb that process's locks, and
+        # closing a PostgreSQL one would end the parent's session.
+        self._inherited: list[Any] = []
         self._schemas: set[tuple[int, str]] = set()
+        self._retry_at, self._backoff = 0.0, 0.0
 
     def exists(self) -> bool:
         """Whether anything was ever written here (readers check before creating files)."""
-        return self.path.is_file()
+        return self.url is not None or self.path.is_file()
 
-    def connect(self) -> sqlite3.Connection:
-        """This thread's connection in this process, opened (and the file created) on first use."""
+    def connect(self) -> Any:
+        """This thread's connection in this process, opened (and the file created) on first use:
+        an sqlite3 connection, or a `PostgresConnection` that takes the same statements."""
         pid = os.getpid()
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == pid:
-            return conn
+            if not getattr(conn, "dead", False):
+                return conn
+            self._forget(conn)
         with self._lock:
             if any(p != pid for p, _ in self._connections):
                 self._inherited.extend(c for p, c in self._connections if p != pid)
                 self._connections = [(p, c) for p, c in self._connections if p == pid]
                 self._schemas = {key for key in self._schemas if key[0] == pid}
-        conn = self._open()
+        conn = self._open() if self.url is None else self._open_postgres(self.url)
         self._local.conn, self._local.pid = conn, pid
         with self._lock:
             self._connections.append((pid, conn))
+        return conn
+
+    def backing_off(self) -> bool:
+        """True while waiting to try an unreachable database again: writers keep their data
+        as it is instead of preparing a write that would fail."""
+        return time.monotonic() < self._retry_at
+
+    def _forget(self, conn: Any) -> None:
+        """Drop this thread's broken connection (the server restarted or went away)."""
+        self._local.conn = None
+        with self._lock:
+            self._connections = [(p, c) for p, c in self._connections if c is not conn]
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def _open_postgres(self, url: str) -> Any:
+        """A new connection, or DataStoreError at once while backing off from a failure."""
+        assert isinstance(self.engine, PostgresEngine)
+        if time.monotonic() < self._retry_at:
+            raise DataStoreError("the telemetry database is unavailable (retrying)")
+        try:
+            conn = self.engine.connect(url)
+        except Exception as exc:
+            with self._lock:
+                self._backoff = min(max(RETRY_MIN_S, 2 * self._backoff), RETRY_MAX_S)
+                self._retry_at = time.monotonic() + self._backoff
+            log.warning(
+                "data store %s unreachable, next attempt in %.1f s: %s",
+                self.where,
+                self._backoff,
+                str(exc).replace(url, self.where),
+            )
+            raise DataStoreError("the telemetry database is unavailable") from None
+        if self._backoff:
+            log.warning("data store %s reachable again", self.where)
+        self._retry_at, self._backoff = 0.0, 0.0
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -107,24 +163,33 @@ class DataStore:
         return conn
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """`BEGIN IMMEDIATE` (take the write lock up front, no upgrade deadlock) ... COMMIT."""
+    def transaction(self) -> Iterator[Any]:
+        """`BEGIN IMMEDIATE` (SQLite: take the write lock up front, no upgrade deadlock) or
+        `BEGIN` (PostgreSQL) ... COMMIT."""
         conn = self.connect()
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(self.engine.begin)
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(*self.engine.errors):  # a broken connection cannot
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
+    def transient(self, exc: BaseException) -> bool:
+        """Whether a failed write may succeed later: keep its data and try again."""
+        return isinstance(exc, DataStoreError) or self.engine.transient(exc)
+
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
-        """SQLite failures (locked too long, disk full, corrupt) as DataStoreError (a 503)."""
+        """Driver failures (locked too long, disk full, corrupt, server down) as
+        DataStoreError (a 503)."""
         try:
             yield
-        except sqlite3.Error as exc:
-            log.error("data store %s: %s", self.path, exc)
+        except self.engine.errors as exc:
+            log.error("data store %s: %s", self.where, exc)
+            if self.url is not None:  # libpq's text names hosts: keep it in the log
+                raise DataStoreError("the telemetry database failed") from None
             raise DataStoreError(f"the data store failed: {exc}") from None
 
     def ensure_schema(self, component: str, migrations: Sequence[Migration]) -> None:
@@ -132,7 +197,9 @@ class DataStore:
         key = (os.getpid(), component)
         if key in self._schemas:
             return
-        with self.transaction() as conn:
+        with self.errors(), self.transaction() as conn:
+            if self.engine.schema_lock:  # two processes must not migrate at once
+                conn.execute(self.engine.schema_lock)
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version "
                 "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
@@ -148,9 +215,10 @@ class DataStore:
                 )
             for statements in migrations[current:]:
                 for statement in statements:
-                    conn.execute(statement)
+                    conn.execute(self.engine.ddl(statement))
             conn.execute(
-                "INSERT OR REPLACE INTO schema_version (component, version) VALUES (?, ?)",
+                "INSERT INTO schema_version (component, version) VALUES (?, ?)"
+                " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
                 (component, len(migrations)),
             )
         self._schemas.add(key)
@@ -163,7 +231,7 @@ class DataStore:
             self._connections = [(p, c) for p, c in self._connections if p != pid]
             self._schemas = {key for key in self._schemas if key[0] != pid}
         for conn in mine:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(Exception):
                 conn.close()
         self._local = threading.local()
 
@@ -178,3 +246,10 @@ def parse_window(text: str) -> float:
             {"window": ["a duration like 30m, 1h, 24h or 7d"]},
         )
     return seconds
+
+
+def database_url() -> str | None:
+    """SERVING_DATABASE_URL, validated: the command line reads the server's database."""
+    from serving.settings import Settings
+
+    return Settings.from_env().database_url

@@ -38,8 +38,8 @@ def store_feedback(datastore: DataStore, items: Sequence[Feedback], now: float) 
     conn = datastore.connect()
     rows_of = dict(
         conn.execute(
-            "SELECT request_id, MAX(rows) FROM predictions WHERE shadow = 0 AND request_id IN "
-            "(SELECT value FROM json_each(?)) GROUP BY request_id",
+            "SELECT request_id, MAX(rows) FROM predictions WHERE shadow = 0 AND request_id "
+            f"{datastore.engine.in_json_list()} GROUP BY request_id",
             (orjson.dumps(ids).decode(),),
         ).fetchall()
     )
@@ -53,10 +53,12 @@ def store_feedback(datastore: DataStore, items: Sequence[Feedback], now: float) 
             continue
         accepted.append((item.request_id, item.row, orjson.dumps(item.truth).decode(), item.kind))
     if accepted:
+        accepted.sort(key=lambda values: values[:2])  # one lock order in every worker: no deadlock
         with datastore.transaction() as conn:
             conn.executemany(
-                "INSERT OR REPLACE INTO feedback (request_id, row, truth, kind, at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO feedback (request_id, row, truth, kind, at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (request_id, row) DO UPDATE SET truth = excluded.truth,"
+                " kind = excluded.kind, at = excluded.at",
                 [(*values, now) for values in accepted],
             )
     unknown = [rid for rid in ids if rid not in rows_of]

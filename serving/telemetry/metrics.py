@@ -55,6 +55,9 @@ class Metrics:
     def cache(self, model: str, hit: bool) -> None:
         """Record one prediction cache lookup."""
 
+    def telemetry_dropped(self, component: str, count: int) -> None:
+        """Record telemetry lost (queue full, store down too long): predlog, monitor, traffic."""
+
     def close(self) -> None:
         """Release the socket, if any."""
 
@@ -171,6 +174,10 @@ class MetricsGroup(Metrics):
     def cache(self, model: str, hit: bool) -> None:
         for member in self._members:
             member.cache(model, hit)
+
+    def telemetry_dropped(self, component: str, count: int) -> None:
+        for member in self._members:
+            member.telemetry_dropped(component, count)
 
     def close(self) -> None:
         for member in self._members:

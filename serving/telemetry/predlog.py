@@ -4,7 +4,11 @@
 in-memory queue (full: the record is dropped and counted, the request never waits). A daemon
 thread per worker process, started by the first record, drains the queue every
 `flush_interval` into one transaction, turning numpy outputs into JSON there, and prunes rows
-past the retention period or the row cap now and then. Inputs are kept for the first
+past the retention period or the row cap now and then. The store is SQLite or PostgreSQL
+(`DataStore`); when a write fails for a reason that may pass (the database is down, locked or
+full) the batch goes back into the queue, so the queue is also the buffer of an outage: beyond
+its bound records are dropped, counted (`on_drop`, the `serving_telemetry_dropped_total`
+metric) and logged at most every `WARN_INTERVAL` seconds. Inputs are kept for the first
 `input_rows` instances of a request only, so a 10,000-row batch does not write megabytes.
 
 Sampling is a stable hash of the request id, so a shadow's copy of a request is kept exactly
@@ -33,16 +37,19 @@ from serving.telemetry.feedback import Feedback, FeedbackResult, store_feedback
 from serving.telemetry.predlog_schema import COMPONENT, MIGRATIONS
 from serving.telemetry.recorder import PredictionRecord, Recorder
 
+OnDrop = Callable[[str, int], None]  # (component, how many lost): the drop metric
+
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000  # records waiting per worker; beyond it they are dropped and counted
 FLUSH_INTERVAL = 0.2  # seconds between the writer's transactions
 PRUNE_INTERVAL = 60.0  # seconds between retention passes of each worker
+WARN_INTERVAL = 30.0  # seconds between two warnings about lost records
 _YIELD_AFTER = 0.0002  # seconds of JSON conversion between two releases of the GIL
 _PRUNE_CHUNK = 10_000  # rows per delete transaction: short write locks for the other workers
-_INSERT = (
-    "INSERT INTO predictions (request_id, at, model, version, alias, variant, shadow, status,"
-    " latency_ms, rows, inputs, outputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_COLUMNS = (
+    "request_id", "at", "model", "version", "alias", "variant", "shadow", "status",
+    "latency_ms", "rows", "inputs", "outputs",
+)  # fmt: skip
 
 
 class PredictionLogOff(ServingError):
@@ -52,16 +59,18 @@ class PredictionLogOff(ServingError):
     code = "prediction_log_off"
 
 
-def make_recorder(settings: Settings) -> Recorder:
+def make_recorder(settings: Settings, on_drop: OnDrop | None = None) -> Recorder:
     """The prediction log of an app, or the null recorder when SERVING_LOG_SAMPLE is 0."""
     if settings.log_sample <= 0:
         return Recorder()
     return SQLiteRecorder(
-        DataStore(settings.data_dir),
+        DataStore(settings.data_dir, settings.database_url),
         settings.log_sample,
         settings.log_retention_days,
         settings.log_max_rows,
         input_rows=settings.log_input_rows,
+        queue_size=QUEUE_SIZE,
+        on_drop=on_drop,
     )
 
 
@@ -74,7 +83,8 @@ def sampled(request_id: str, rate: float) -> bool:
 
 
 class SQLiteRecorder(Recorder):
-    """The prediction log of one app: a queue per worker, a writer thread, the shared store."""
+    """The prediction log of one app: a queue per worker, a writer thread, the shared store
+    (SQLite or PostgreSQL: the name is older than the second engine)."""
 
     def __init__(
         self,
@@ -87,8 +97,10 @@ class SQLiteRecorder(Recorder):
         flush_interval: float = FLUSH_INTERVAL,
         prune_interval: float = PRUNE_INTERVAL,
         clock: Callable[[], float] = time.time,
+        on_drop: OnDrop | None = None,
     ) -> None:
         self.datastore = datastore
+        self._on_drop = on_drop
         self._sample = sample
         self._retention_s = retention_days * 86400.0
         self._max_rows = max_rows
@@ -105,9 +117,12 @@ class SQLiteRecorder(Recorder):
         self._write_lock = threading.Lock()
         self._closed = False
         self._failing = False
-        self.dropped = 0  # queue full
-        self.failed = 0  # lost to a write error
+        self.dropped = 0  # queue full (also while the store is down and the queue fills)
+        self.failed = 0  # lost to a write error that will not pass (bad data)
         self.written = 0
+        self._reported = 0  # dropped + failed already handed to `on_drop`
+        self._warned = 0  # dropped + failed at the last warning
+        self._warned_at = -WARN_INTERVAL
 
     # -- the request path ------------------------------------------------------------------
 
@@ -144,23 +159,41 @@ class SQLiteRecorder(Recorder):
             return True
 
     def _run(self) -> None:
-        next_prune, dropped = self._clock(), 0
+        next_prune = self._clock()
         while not self._stop.wait(self.flush_interval):
             self.flush()
-            if self.dropped > dropped:
-                log.warning(
-                    "prediction log: queue full, %d records dropped (%d in all)",
-                    self.dropped - dropped,
-                    self.dropped,
-                )
-                dropped = self.dropped
+            self.report_drops()
             if self._clock() >= next_prune:
                 self._prune_logged()
                 next_prune = self._clock() + self._prune_interval
 
+    def report_drops(self) -> int:
+        """Hand the records lost since the last call to `on_drop`; warn (rate-limited)."""
+        lost = self.dropped + self.failed
+        new, self._reported = lost - self._reported, lost
+        if new <= 0:
+            return 0
+        if self._on_drop is not None:
+            self._on_drop("predlog", new)
+        if time.monotonic() - self._warned_at >= WARN_INTERVAL:
+            self._warned_at = time.monotonic()
+            log.warning(
+                "prediction log: %d records lost since the last warning (%d in all: %d with "
+                "the queue full, %d to write errors; %d queued)",
+                lost - self._warned,
+                lost,
+                self.dropped,
+                self.failed,
+                len(self._queue),
+            )
+            self._warned = lost
+        return new
+
     def flush(self) -> int:
         """Write every queued record now, in one transaction; the number written."""
         with self._write_lock:
+            if self.datastore.backing_off():  # the database is down: the queue is the buffer
+                return 0
             batch = []
             while self._queue:
                 batch.append(self._queue.popleft())
@@ -170,18 +203,35 @@ class SQLiteRecorder(Recorder):
                 rows = self._convert(batch)
                 self.datastore.ensure_schema(COMPONENT, MIGRATIONS)
                 with self.datastore.transaction() as conn:
-                    conn.executemany(_INSERT, rows)
-            except Exception:  # a full disk or a locked store must not kill the writer
-                self.failed += len(batch)
-                if not self._failing:
-                    log.exception(
-                        "prediction log %s: %d records lost", self.datastore.path, len(batch)
-                    )
-                self._failing = True
+                    self.datastore.engine.insert(conn, "predictions", _COLUMNS, rows)
+            except Exception as exc:  # a full disk or a database down must not kill the writer
+                self._failed_write(batch, exc)
                 return 0
+            if self._failing:
+                log.warning("prediction log %s: writing again", self.datastore.where)
             self._failing = False
             self.written += len(batch)
             return len(batch)
+
+    def _failed_write(self, batch: list[PredictionRecord], exc: Exception) -> None:
+        """Put the batch back in front of the queue (up to its bound) when the failure may
+        pass; count the rest as dropped. Bad data is counted as failed and not retried."""
+        if not self._failing:
+            log.warning(
+                "prediction log %s: cannot write %d records (%s)",
+                self.datastore.where,
+                len(batch),
+                exc,
+                exc_info=not self.datastore.transient(exc),
+            )
+        self._failing = True
+        if not self.datastore.transient(exc):
+            self.failed += len(batch)
+            return
+        room = max(0, self._queue_size - len(self._queue))
+        kept = batch[:room]
+        self._queue.extendleft(reversed(kept))
+        self.dropped += len(batch) - len(kept)
 
     def _convert(self, batch: list[PredictionRecord]) -> list[tuple[Any, ...]]:
         """Rows to insert. Sleeps briefly every `_YIELD_AFTER` s of work: a request thread
@@ -205,7 +255,8 @@ class SQLiteRecorder(Recorder):
         )
         deleted += _delete_chunked(
             self.datastore,
-            "DELETE FROM feedback WHERE rowid IN (SELECT rowid FROM feedback WHERE at < ? LIMIT ?)",
+            "DELETE FROM feedback WHERE (request_id, row) IN"
+            " (SELECT request_id, row FROM feedback WHERE at < ? LIMIT ?)",
             cutoff,
         )
         # ids grow by one per insert: the newest `max_rows` ids are the ones kept.
@@ -233,6 +284,12 @@ class SQLiteRecorder(Recorder):
             self._thread.join(timeout=10)
             self._thread = None
             self.flush()
+            if self._queue:  # the store is down: what it buffered goes with this process
+                log.warning(
+                    "prediction log %s: %d records not written at exit",
+                    self.datastore.where,
+                    len(self._queue),
+                )
         self._pid = -1  # a later record() finds the recorder closed
         self.datastore.close()
 

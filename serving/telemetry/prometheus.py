@@ -15,6 +15,7 @@ So prometheus_client is imported when a `PrometheusMetrics` is built, never at i
   serving_model_version{model,alias,pid}                    gauge (liveall), per worker
   serving_feature_drift_psi{model,version,feature}          gauge (mostrecent), set by `set_drift`
   serving_prediction_cache_lookups_total{model,result}      counter, result = hit | miss
+  serving_telemetry_dropped_total{component}                counter, telemetry lost (see below)
   serving_process_cpu_seconds_total{pid}                    counter, per worker
   serving_process_resident_memory_bytes{pid}                gauge (liveall), per worker
 
@@ -23,6 +24,10 @@ that answers the scrape), so each worker samples its own CPU time and resident m
 `liveall` gauges, every `sample_interval` seconds and when it answers a scrape; a scrape shows
 them as counters and gauges labelled by pid, and a dead worker's series go (gunicorn's
 `child_exit` hook). CPU time is cumulative, so it is stored in a gauge and exposed as a counter.
+
+`serving_telemetry_dropped_total` counts what the data store never received: prediction log
+records (component `predlog`), drift rows (`monitor`) and requests of the traffic counts
+(`traffic`), dropped when a worker's bounded buffer is full, e.g. while the database is down.
 """
 
 from __future__ import annotations
@@ -115,6 +120,13 @@ FAMILIES = (
         ("model", "result"),
     ),
     Family(
+        "serving_telemetry_dropped",
+        "counter",
+        "Telemetry never written to the data store (buffer full, e.g. while the database is "
+        "down): prediction log records, drift rows or traffic requests, by component.",
+        ("component",),
+    ),
+    Family(
         _CPU,
         "gauge",
         "CPU time (user + system) of each worker process, in seconds.",
@@ -155,6 +167,7 @@ class PrometheusMetrics(Metrics):
         self._version = made["serving_model_version"]
         self._drift = made["serving_feature_drift_psi"]
         self._cache = made["serving_prediction_cache_lookups"]
+        self._dropped = made["serving_telemetry_dropped"]
         self._cpu = made[_CPU]
         self._rss = made["serving_process_resident_memory_bytes"]
         self._by_request: dict[tuple[Any, ...], tuple[Any, Any]] = {}
@@ -204,6 +217,12 @@ class PrometheusMetrics(Metrics):
             child.inc()
         except (OSError, ValueError):
             log.warning("prometheus: cannot record a cache lookup", exc_info=True)
+
+    def telemetry_dropped(self, component: str, count: int) -> None:
+        try:
+            self._dropped.labels(component).inc(count)
+        except (OSError, ValueError):
+            log.warning("prometheus: cannot record dropped telemetry", exc_info=True)
 
     def _request_children(self, key: tuple[Any, ...]) -> tuple[Any, Any]:
         labels = [_text(part) for part in key]

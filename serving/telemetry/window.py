@@ -1,4 +1,8 @@
-"""Reading what an alias's traffic did in a window: requests, outputs, labels, shadows (A/B)."""
+"""Reading what an alias's traffic did in a window: requests, outputs, labels, shadows (A/B).
+
+Inputs, outputs and truths are JSON text in both engines; the JSON functions that take them
+apart differ (`serving.telemetry.engines`), and both return plain Python values.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ def read_window(
     if not datastore.exists():
         return WindowRows([], [], [], [])
     datastore.ensure_schema(COMPONENT, MIGRATIONS)
-    conn = datastore.connect()
+    conn, sql = datastore.connect(), datastore.engine
     args = (model, alias, since, until)
     requests = conn.execute(
         f"SELECT p.version, p.status, p.latency_ms, p.rows FROM predictions p"
@@ -37,13 +41,14 @@ def read_window(
         args,
     ).fetchall()
     outputs = conn.execute(
-        f"SELECT p.version, j.value, COUNT(*) FROM predictions p, json_each(p.outputs) j"
+        f"SELECT p.version, j.value, COUNT(*) FROM predictions p,"
+        f" {sql.json_elements('p.outputs')}"
         f" WHERE {_WHERE} AND p.shadow = 0 AND p.status = 200 GROUP BY p.version, j.value",
         args,
     ).fetchall()
     labelled = conn.execute(
-        f"SELECT p.version, json_extract(p.outputs, '$[' || f.row || ']'),"
-        f" json_extract(f.truth, '$') FROM predictions p"
+        f"SELECT p.version, {sql.json_item('p.outputs', 'f.row')},"
+        f" {sql.json_value('f.truth')} FROM predictions p"
         f" JOIN feedback f ON f.request_id = p.request_id AND f.row < p.rows"
         f" WHERE {_WHERE} AND p.shadow = 0 AND p.status = 200",
         args,

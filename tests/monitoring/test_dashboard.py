@@ -1,10 +1,10 @@
-"""The dashboard: traffic counters, percentiles from log bins, the data endpoint, the page."""
+"""The dashboard: traffic counters, percentiles from log bins, the data endpoint, the page.
+
+The tests that read or write the store run on SQLite and on a real PostgreSQL (`database_url`)."""
 
 from __future__ import annotations
 
-import contextlib
 import re
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,10 +21,15 @@ from serving.monitoring.counts import COMPONENT, MIGRATIONS
 from serving.monitoring.monitor import Monitor
 from serving.store.model_store import ModelStore
 from serving.telemetry.datastore import DataStore
-from tests.conftest import IRIS_ROW
+from tests.conftest import ENGINES, IRIS_ROW, engine_url
 from tests.telemetry.test_prometheus import scrape
 
 SHORT_ROW = [5.1, 3.5, 1.4]  # one feature short: a 422 after the model was chosen
+
+
+@pytest.fixture(params=ENGINES)
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    return engine_url(request)
 
 
 def _data(client: FlaskClient, query: str = "") -> dict:
@@ -85,10 +90,12 @@ def test_queue_counts_by_bucket_status_and_latency_bin() -> None:
     assert queue.drain() == {}
 
 
-def test_every_counted_request_reaches_the_table_once(served: ModelStore, tmp_path: Path) -> None:
+def test_every_counted_request_reaches_the_table_once(
+    served: ModelStore, tmp_path: Path, database_url: str | None
+) -> None:
     """Counting is a deque append on the hot path (its cost is in bench/hotpath.py); the
     flusher bins the queue: n counts in, n requests in `traffic_counts`, none twice."""
-    store = DataStore(tmp_path / "data")
+    store = DataStore(tmp_path / "data", database_url)
     monitor = Monitor(store, served, flush_interval=3600)
     n = 5_000
     try:
@@ -96,12 +103,13 @@ def test_every_counted_request_reaches_the_table_once(served: ModelStore, tmp_pa
             monitor.count("iris", 1, None, 200 if i % 10 else 422, 0.8 + i % 7)
         monitor.flush()
         monitor.flush()  # nothing left to add
-        with contextlib.closing(sqlite3.connect(store.path)) as conn:
-            rows = dict(
-                conn.execute(
-                    "SELECT status, SUM(n) FROM traffic_counts WHERE model = 'iris' GROUP BY status"
-                ).fetchall()
+        rows = dict(
+            store.connect()
+            .execute(
+                "SELECT status, SUM(n) FROM traffic_counts WHERE model = 'iris' GROUP BY status"
             )
+            .fetchall()
+        )
     finally:
         monitor.close()
     assert rows == {200: n - n // 10, 422: n // 10}
@@ -229,15 +237,15 @@ def test_monitoring_off_says_so(served: ModelStore, make_app: Callable[..., Flas
 
 
 def test_an_older_data_store_gets_the_traffic_table(
-    served: ModelStore, make_app: Callable[..., Flask], tmp_path: Path
+    served: ModelStore, make_app: Callable[..., Flask], tmp_path: Path, database_url: str | None
 ) -> None:
-    old = DataStore(tmp_path / "data")
+    old = DataStore(tmp_path / "data", database_url)
     old.ensure_schema(COMPONENT, MIGRATIONS[:1])  # a store written before the dashboard
     old.close()
     client = make_app().test_client()
     assert _predict(client, [IRIS_ROW]) == 200
     assert _data(client)["totals"]["requests"] == 1
-    new = DataStore(tmp_path / "data")
+    new = DataStore(tmp_path / "data", database_url)
     try:
         version = new.connect().execute(
             "SELECT version FROM schema_version WHERE component = ?", (COMPONENT,)
@@ -330,7 +338,11 @@ def test_cli_traffic_shows_who_served_what(
     make_app: Callable[..., Flask],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str | None,
 ) -> None:
+    if database_url:  # the command line reads the server's database
+        monkeypatch.setenv("SERVING_DATABASE_URL", database_url)
     app = make_app()
     client = app.test_client()
     for _ in range(4):

@@ -1,4 +1,6 @@
-"""Drift monitoring: PSI and status on synthetic data, and the drift scenario on a real model."""
+"""Drift monitoring: PSI and status on synthetic data, and the drift scenario on a real model.
+
+The tests that read or write the store run on SQLite and on a real PostgreSQL (`database_url`)."""
 
 from __future__ import annotations
 
@@ -23,10 +25,16 @@ from serving.monitoring.report import live_counts
 from serving.store.model_store import ModelStore
 from serving.store.reference import numeric_histogram
 from serving.telemetry.datastore import DataStore
+from tests.conftest import ENGINES, engine_url
 
 FEATURES = ["f0", "f1", "f2", "f3"]
 MEANS = np.array([0.0, 5.0, -3.0, 10.0])
 STDS = np.array([1.0, 2.0, 0.5, 3.0])
+
+
+@pytest.fixture(params=ENGINES)
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    return engine_url(request)
 
 
 def _draw(rows: int, seed: int) -> pd.DataFrame:
@@ -145,9 +153,13 @@ def test_drift_scenario(
     make_app: Callable[..., Flask],
     drift_model: tuple[Path, Path],
     tmp_path: Path,
+    database_url: str | None,
+    request: pytest.FixtureRequest,
 ) -> None:
     artifact, reference = drift_model
     store.register("drifty", artifact, reference, activate=True, actor="test")
+    # the shifted traffic in a store of its own: a second directory, or a second database
+    other_url = request.getfixturevalue("pg_cluster").database() if database_url else None
 
     calm = make_app(max_instances=1000, data_dir=tmp_path / "calm")
     _send(calm, _draw(2000, seed=2))
@@ -165,7 +177,7 @@ def test_drift_scenario(
 
     live = _draw(2000, seed=3)
     live["f2"] += 2 * STDS[2]
-    shifted = make_app(max_instances=1000, data_dir=tmp_path / "shifted")
+    shifted = make_app(max_instances=1000, data_dir=tmp_path / "shifted", database_url=other_url)
     _send(shifted, live)
     report = _report(shifted)
     statuses = {f["name"]: f["status"] for f in report["features"]}
@@ -199,6 +211,7 @@ def test_counts_survive_a_new_monitor_and_sum_across_monitors(
     make_app: Callable[..., Flask],
     drift_model: tuple[Path, Path],
     tmp_path: Path,
+    database_url: str | None,
 ) -> None:
     """Two apps (as two workers) over one data directory: one sum; a fresh app still sees it."""
     artifact, reference = drift_model
@@ -211,7 +224,7 @@ def test_counts_survive_a_new_monitor_and_sum_across_monitors(
         assert monitor is not None
         monitor.flush()
     assert _report(make_app())["rows"] == 500
-    datastore = DataStore(tmp_path / "data")
+    datastore = DataStore(tmp_path / "data", database_url)
     try:
         counts = live_counts(datastore, "drifty", 1, time.time() - 3600)
     finally:
@@ -225,7 +238,11 @@ def test_cli_monitor(
     drift_model: tuple[Path, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str | None,
 ) -> None:
+    if database_url:  # the command line reads the server's database
+        monkeypatch.setenv("SERVING_DATABASE_URL", database_url)
     artifact, reference = drift_model
     store.register("drifty", artifact, reference, activate=True, actor="test")
     app = make_app(max_instances=1000)

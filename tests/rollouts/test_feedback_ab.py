@@ -1,4 +1,6 @@
-"""Feedback joined with logged predictions, the A/B statistics and the verdict."""
+"""Feedback joined with logged predictions, the A/B statistics and the verdict.
+
+The tests that read or write the store run on SQLite and on a real PostgreSQL (`database_url`)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from serving.telemetry.feedback import Feedback, store_feedback
 from serving.telemetry.predlog import SQLiteRecorder
 from serving.telemetry.recorder import PredictionRecord
 from serving.telemetry.window import WindowRows
-from tests.conftest import IRIS_ROW
+from tests.conftest import ENGINES, IRIS_ROW, engine_url
 
 NOW = 1_800_000_000.0
 
@@ -50,9 +52,14 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
+@pytest.fixture(params=ENGINES)
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    return engine_url(request)
+
+
 @pytest.fixture
-def datastore(tmp_path: Path) -> Iterator[DataStore]:
-    store = DataStore(tmp_path / "synthetic")
+def datastore(tmp_path: Path, database_url: str | None) -> Iterator[DataStore]:
+    store = DataStore(tmp_path / "synthetic", database_url)
     yield store
     store.close()
 
@@ -398,8 +405,14 @@ def test_openapi_documents_feedback_and_the_report(client: FlaskClient) -> None:
 
 
 def test_cli_ab_reads_the_same_data_dir(
-    app: Flask, split: ModelStore, settings: Settings, capsys: pytest.CaptureFixture[str]
+    app: Flask,
+    split: ModelStore,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if settings.database_url:  # the command line reads the server's database
+        monkeypatch.setenv("SERVING_DATABASE_URL", settings.database_url)
     client = app.test_client()
     ids = [predict(client, f"user-{i}")["request_id"] for i in range(10)]
     client.post(
@@ -424,8 +437,9 @@ def test_report_reads_nothing_when_nothing_was_logged(split: ModelStore, tmp_pat
     assert body["variants"] == [] and not empty.data_dir.exists()
 
 
+@pytest.mark.parametrize("database_url", [None], ids=["sqlite"])  # PostgreSQL: test_database
 def test_an_unusable_data_dir_is_a_503_without_the_path(
-    split: ModelStore, make_app: Callable[..., Flask], tmp_path: Path
+    split: ModelStore, make_app: Callable[..., Flask], tmp_path: Path, database_url: None
 ) -> None:
     blocked = tmp_path / "a-file"
     blocked.write_text("not a directory")

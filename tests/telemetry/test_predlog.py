@@ -1,7 +1,10 @@
-"""The prediction log: off the request path, sampled, bounded, pruned, safe with many writers."""
+"""The prediction log: off the request path, sampled, bounded, pruned, safe with many writers.
+
+Every test that touches the store runs on SQLite and on a real PostgreSQL (`database_url`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import sqlite3
@@ -27,7 +30,7 @@ from serving.telemetry.feedback import Feedback, store_feedback
 from serving.telemetry.predlog import SQLiteRecorder, sampled
 from serving.telemetry.predlog_schema import MIGRATIONS
 from serving.telemetry.recorder import PredictionRecord, Recorder
-from tests.conftest import IRIS_ROW
+from tests.conftest import ENGINES, IRIS_ROW, engine_url
 
 REPO = Path(__file__).resolve().parents[2]
 SLOW = 3600.0  # a flush interval the tests never reach: they flush by hand
@@ -54,16 +57,49 @@ def make_record(
     return PredictionRecord(**fields)  # type: ignore[arg-type]
 
 
-def count(datastore: DataStore, where: str = "1") -> int:
-    with sqlite3.connect(datastore.path) as conn:
-        return int(conn.execute(f"SELECT COUNT(*) FROM predictions WHERE {where}").fetchone()[0])
+def rows_of(datastore: DataStore, sql: str) -> list[Any]:
+    """What a query reads, on a fresh connection of the test (not the recorder's)."""
+    reader = DataStore(datastore.data_dir, datastore.url)
+    try:
+        return list(reader.connect().execute(sql).fetchall())
+    finally:
+        reader.close()
+
+
+def count(datastore: DataStore, where: str = "1 = 1") -> int:
+    return int(rows_of(datastore, f"SELECT COUNT(*) FROM predictions WHERE {where}")[0][0])
+
+
+@pytest.fixture(params=ENGINES)
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    return engine_url(request)
 
 
 @pytest.fixture
-def datastore(tmp_path: Path) -> Iterator[DataStore]:
-    store = DataStore(tmp_path / "data")
+def datastore(tmp_path: Path, database_url: str | None) -> Iterator[DataStore]:
+    store = DataStore(tmp_path / "data", database_url)
     yield store
     store.close()
+
+
+@contextlib.contextmanager
+def locked_out(datastore: DataStore) -> Iterator[None]:
+    """Nobody else can read or write the prediction log while this holds."""
+    if datastore.url is None:
+        blocker = sqlite3.connect(datastore.path, timeout=0)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            blocker.rollback()
+            blocker.close()
+        return
+    import psycopg
+
+    with psycopg.connect(datastore.url) as conn:  # a transaction until the block ends
+        conn.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+        yield
+        conn.rollback()
 
 
 @pytest.fixture
@@ -86,17 +122,12 @@ def test_record_never_touches_the_database_on_the_request_path(
     recorder = make_recorder()
     recorder.record(make_record("warm-up"))
     recorder.flush()
-    blocker = sqlite3.connect(datastore.path, timeout=0)
-    blocker.execute("BEGIN EXCLUSIVE")  # nobody else can read or write now
-    try:
+    with locked_out(datastore):
         durations = []
         for i in range(2000):
             started = time.perf_counter()
             recorder.record(make_record(f"r{i}"))
             durations.append(time.perf_counter() - started)
-    finally:
-        blocker.rollback()
-        blocker.close()
     assert statistics.median(durations) < 50e-6  # measured: about 0.4 µs
     assert recorder.flush() == 2000 and count(datastore) == 2001
 
@@ -112,10 +143,9 @@ def test_writer_thread_stores_records_as_json_within_a_flush_interval(
     while recorder.stats()["written"] < 3:
         assert time.monotonic() < deadline, recorder.stats()
         time.sleep(0.01)
-    with sqlite3.connect(datastore.path) as conn:
-        rows = conn.execute(
-            "SELECT request_id, inputs, outputs, status FROM predictions ORDER BY id"
-        ).fetchall()
+    rows = rows_of(
+        datastore, "SELECT request_id, inputs, outputs, status FROM predictions ORDER BY id"
+    )
     assert [(r[0], r[3]) for r in rows] == [("a", 200), ("b", 200), ("c", 422)]
     assert json.loads(rows[0][2]) == ["setosa", "virginica"]
     assert json.loads(rows[1][1]) == [{"x": 1}] and json.loads(rows[1][2]) == [1.5, -2.0]
@@ -132,8 +162,7 @@ def test_inputs_are_kept_for_the_first_rows_only(
     outputs = np.arange(5.0)
     recorder.record(make_record("a", inputs=[[i] for i in range(5)], outputs=outputs, rows=5))
     recorder.flush()
-    with sqlite3.connect(datastore.path) as conn:
-        inputs, outputs_json = conn.execute("SELECT inputs, outputs FROM predictions").fetchone()
+    ((inputs, outputs_json),) = rows_of(datastore, "SELECT inputs, outputs FROM predictions")
     assert (json.loads(inputs) if inputs else None) == stored
     assert json.loads(outputs_json) == [0.0, 1.0, 2.0, 3.0, 4.0]  # outputs are always whole
 
@@ -179,24 +208,32 @@ def test_retention_and_row_cap_prune_the_oldest_rows(
     store_feedback(datastore, [Feedback("old0", "setosa")], now - 8 * 86400)
     store_feedback(datastore, [Feedback("new69", "setosa")], now)
     assert recorder.prune() == 30 + 1 + 20
-    with sqlite3.connect(datastore.path) as conn:
-        ids = [r[0] for r in conn.execute("SELECT request_id FROM predictions ORDER BY id")]
-        feedback = [r[0] for r in conn.execute("SELECT request_id FROM feedback")]
+    ids = [r[0] for r in rows_of(datastore, "SELECT request_id FROM predictions ORDER BY id")]
+    feedback = [r[0] for r in rows_of(datastore, "SELECT request_id FROM feedback")]
     assert ids == [f"new{i}" for i in range(20, 70)] and feedback == ["new69"]
 
 
-def test_write_errors_are_counted_and_never_raised(
+def test_write_errors_keep_records_queued_up_to_the_bound_then_drop_and_count(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where the data directory should be")
-    recorder = SQLiteRecorder(DataStore(blocked), flush_interval=SLOW)
+    lost: list[tuple[str, int]] = []
+    recorder = SQLiteRecorder(
+        DataStore(blocked), flush_interval=SLOW, queue_size=3, on_drop=lambda *a: lost.append(a)
+    )
     try:
         recorder.record(make_record("a"))
-        with caplog.at_level("ERROR"):
+        with caplog.at_level("WARNING"):
             assert recorder.flush() == 0
-        assert recorder.stats()["failed"] == 1
-        assert "records lost" in caplog.text
+        assert "cannot write 1 records" in caplog.text
+        assert recorder.stats() == {"queued": 1, "written": 0, "dropped": 0, "failed": 0}
+        for i in range(4):
+            recorder.record(make_record(f"b{i}"))
+        assert recorder.flush() == 0
+        assert recorder.stats()["queued"] == 3 and recorder.stats()["dropped"] == 2
+        assert recorder.report_drops() == 2 and lost == [("predlog", 2)]
+        assert recorder.report_drops() == 0  # each loss is reported once
     finally:
         recorder.close()
 
@@ -210,7 +247,8 @@ _WRITER = textwrap.dedent(
     from serving.telemetry.recorder import PredictionRecord
 
     data_dir, tag, n, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
-    recorder = SQLiteRecorder(DataStore(data_dir), flush_interval=0.005, queue_size=n)
+    url = sys.argv[5] or None
+    recorder = SQLiteRecorder(DataStore(data_dir, url), flush_interval=0.005, queue_size=n)
     deadline = time.monotonic() + 30
     while not go.exists() and time.monotonic() < deadline:  # start together
         time.sleep(0.005)
@@ -225,11 +263,12 @@ _WRITER = textwrap.dedent(
 )
 
 
-def test_processes_writing_at_once_lose_no_rows(tmp_path: Path) -> None:
-    data_dir, per_process, go = tmp_path / "data", 3000, tmp_path / "go"
+def test_processes_writing_at_once_lose_no_rows(tmp_path: Path, datastore: DataStore) -> None:
+    data_dir, per_process, go = datastore.data_dir, 3000, tmp_path / "go"
+    url = datastore.url or ""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(data_dir), f"p{k}", str(per_process), str(go)],
+            [sys.executable, "-c", _WRITER, str(data_dir), f"p{k}", str(per_process), str(go), url],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -243,15 +282,23 @@ def test_processes_writing_at_once_lose_no_rows(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert "'failed': 0" in out and "'dropped': 0" in out, out
-    with sqlite3.connect(data_dir / "serving.db") as conn:
-        distinct = conn.execute("SELECT COUNT(DISTINCT request_id) FROM predictions").fetchone()
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    distinct = rows_of(datastore, "SELECT COUNT(DISTINCT request_id) FROM predictions")[0]
+    if datastore.url is None:
+        assert rows_of(datastore, "PRAGMA journal_mode")[0][0] == "wal"
     assert distinct[0] == 3 * per_process
 
 
-def _child_writes(datastore: DataStore, parent_connection_id: int) -> None:
+def _session(datastore: DataStore) -> int:
+    """Which connection this is: the Python object (SQLite), the server process (PostgreSQL)."""
+    conn = datastore.connect()
+    if datastore.url is None:
+        return id(conn)
+    return int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+
+
+def _child_writes(datastore: DataStore, parent_session: int) -> None:
     recorder = SQLiteRecorder(datastore, flush_interval=SLOW)
-    if id(datastore.connect()) == parent_connection_id:
+    if _session(datastore) == parent_session:
         raise SystemExit(3)  # the child must never use its parent's connection
     for i in range(100):
         recorder.record(make_record(f"child{i}"))
@@ -263,17 +310,19 @@ def test_a_forked_worker_opens_its_own_connection(datastore: DataStore) -> None:
     datastore.ensure_schema("predlog", MIGRATIONS)
     parent = datastore.connect()
     child = multiprocessing.get_context("fork").Process(
-        target=_child_writes, args=(datastore, id(parent))
+        target=_child_writes, args=(datastore, _session(datastore))
     )
     child.start()
     child.join(timeout=30)
     assert child.exitcode == 0
-    assert datastore.connect() is parent
+    assert datastore.connect() is parent  # and it still works: the child left it alone
     assert parent.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 100
 
 
-def test_schema_versions_are_recorded_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    first = DataStore(tmp_path)
+def test_schema_versions_are_recorded_and_a_newer_schema_is_refused(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    first = DataStore(tmp_path, database_url)
     first.ensure_schema("predlog", MIGRATIONS)
     row = (
         first.connect()
@@ -283,7 +332,7 @@ def test_schema_versions_are_recorded_and_a_newer_schema_is_refused(tmp_path: Pa
     assert row == (len(MIGRATIONS),)
     first.connect().execute("UPDATE schema_version SET version = 99")
     first.close()
-    second = DataStore(tmp_path)
+    second = DataStore(tmp_path, database_url)
     with pytest.raises(DataStoreError, match="newer"):
         second.ensure_schema("predlog", MIGRATIONS)
     second.close()
@@ -332,11 +381,11 @@ def test_app_logs_each_prediction_with_its_routing(
     pinned = client.post("/v1/models/diabetes/versions/1/predict", json={"instances": [[0.0] * 10]})
     assert (ok.status_code, bad.status_code, pinned.status_code) == (200, 422, 200)
     get_state(app).close()
-    with sqlite3.connect(settings.data_dir / "serving.db") as conn:
-        rows = conn.execute(
-            "SELECT request_id, model, version, alias, status, rows, inputs, outputs"
-            " FROM predictions ORDER BY id"
-        ).fetchall()
+    rows = rows_of(
+        DataStore(settings.data_dir, settings.database_url),
+        "SELECT request_id, model, version, alias, status, rows, inputs, outputs"
+        " FROM predictions ORDER BY id",
+    )
     assert rows[0][:6] == (ok.get_json()["request_id"], "iris", 1, "production", 200, 2)
     assert json.loads(rows[0][6]) == [IRIS_ROW, IRIS_ROW]
     assert json.loads(rows[0][7]) == ok.get_json()["predictions"]

@@ -29,6 +29,7 @@ FAMILIES = {
     "serving_model_version": "gauge",
     "serving_feature_drift_psi": "gauge",
     "serving_prediction_cache_lookups": "counter",
+    "serving_telemetry_dropped": "counter",
     "serving_process_cpu_seconds": "counter",
     "serving_process_resident_memory_bytes": "gauge",
 }
