@@ -74,6 +74,13 @@ docs: dev
 bench: venv wrk
 	$(PY) -m bench.run
 	$(MAKE) bench-batch
+	$(MAKE) bench-fleet
+
+# The shared store and database against the defaults (bench/fleet_bench.py), about 3 minutes:
+# starts a SeaweedFS and a PostgreSQL of its own, like the tests.
+.PHONY: bench-fleet
+bench-fleet: dev wrk postgres
+	$(PY) -m bench.fleet_bench
 
 wrk:
 	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)

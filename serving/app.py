@@ -86,7 +86,7 @@ def init_state(app: Flask, settings: Settings) -> ServingState:
     if settings.start_poller:
         loader.ensure_polling()
     dropped = metrics.telemetry_dropped  # telemetry lost while the data store cannot keep up
-    recorder, monitor = make_recorder(settings, dropped), make_monitor(settings, dropped)
+    recorder, monitor = make_recorder(settings, dropped), make_monitor(settings, dropped, store)
     state = ServingState(settings, store, loader, metrics, recorder=recorder, monitor=monitor)
     app.extensions[EXTENSION] = state
     return state

@@ -31,6 +31,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
+from serving.errors import StoreUnavailable
 from serving.monitoring import binning, traffic
 from serving.monitoring.binning import Profile
 from serving.monitoring.counts import COMPONENT, MIGRATIONS, UPSERT, Key, bucket_of
@@ -51,13 +52,17 @@ _YIELD_AFTER = 0.0002  # seconds of binning between two releases of the GIL
 _BIN_INTERVAL = 0.25  # seconds between two binnings of the queue (memory: inputs held until then)
 
 
-def make_monitor(settings: Settings, on_drop: OnDrop | None = None) -> Monitor | None:
-    """This worker's monitor (None when SERVING_MONITOR_FLUSH is 0); the app holds it."""
+def make_monitor(
+    settings: Settings, on_drop: OnDrop | None = None, store: StoreBase | None = None
+) -> Monitor | None:
+    """This worker's monitor (None when SERVING_MONITOR_FLUSH is 0); the app holds it.
+
+    `store`: the worker's own (its metadata already read, no request to an object store)."""
     if settings.monitor_flush <= 0:
         return None
     return Monitor(
         DataStore(settings.data_dir, settings.database_url),
-        store_from_settings(settings),
+        store or store_from_settings(settings),
         settings.monitor_flush,
         settings.log_retention_days,
         on_drop=on_drop,
@@ -300,6 +305,8 @@ class Monitor:
         if key not in self._profiles:
             try:
                 self._profiles[key] = Profile(self.store.read_metadata(model, version))
+            except StoreUnavailable:
+                return None  # the object store is down: try again with a later request
             except Exception:
                 log.warning("drift monitor: no metadata for %s v%s", model, version)
                 self._profiles[key] = None

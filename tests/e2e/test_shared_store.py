@@ -1,7 +1,7 @@
 """Two replicas (two gunicorn masters, each with its own cache and data dir, as two machines)
-on one S3 bucket (a real SeaweedFS), under load from this process: a register, promote and
-rollback reach both within two poll intervals with no failed request, and an object store that
-goes away and comes back costs no prediction."""
+on one S3 bucket (a real SeaweedFS) and one PostgreSQL database, under load from this process:
+a register, promote and rollback reach both within two poll intervals with no failed request,
+and an object store that goes away and comes back costs no prediction."""
 
 from __future__ import annotations
 
@@ -109,9 +109,14 @@ def _replicas(
 
 @pytest.fixture
 def replicas(
-    s3_template: str, tmp_path: Path, start_server: Callable[..., GunicornServer]
+    s3_template: str,
+    tmp_path: Path,
+    start_server: Callable[..., GunicornServer],
+    postgres_url: str,
 ) -> Iterator[list[GunicornServer]]:
-    servers = _replicas(s3_template, tmp_path, start_server, {})
+    """Two machines on one bucket and one PostgreSQL database."""
+    database = {"SERVING_DATABASE_URL": postgres_url}
+    servers = _replicas(s3_template, tmp_path, start_server, database)
     yield servers
     for server in servers:
         server.stop()
@@ -141,6 +146,15 @@ def test_register_promote_and_rollback_reach_both_replicas_under_load(
     assert {port for port, _, _ in load.outcomes} == set(ports)
     assert {version for _, _, version in load.outcomes} == {"1", "4"}  # each names its version
     assert max(to_new, to_old) <= 2 * POLL_INTERVAL + 0.5, (to_new, to_old)
+    # ...and the shared database saw what both served: the A/B traffic of every answer.
+    wait_until(lambda: _logged(ports[0]) >= len(load.outcomes), 15, "every answer logged")
+    assert _logged(ports[0]) == _logged(ports[1]) == len(load.outcomes)
+
+
+def _logged(port: int) -> int:
+    """Requests of iris/production in the last hour, as /ab (from the database) counts them."""
+    body = http_request(port, "GET", "/v1/models/iris/ab?window=1h").body
+    return sum(v["requests"] for v in body["variants"])
 
 
 def test_an_object_store_outage_under_load_costs_no_prediction(

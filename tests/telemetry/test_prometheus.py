@@ -25,6 +25,7 @@ FAMILIES = {
     "serving_request_duration_seconds": "histogram",
     "serving_predictions": "counter",
     "serving_model_swaps": "counter",
+    "serving_store_unavailable": "counter",
     "serving_in_flight_requests": "gauge",
     "serving_model_version": "gauge",
     "serving_feature_drift_psi": "gauge",
