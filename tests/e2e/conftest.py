@@ -469,3 +469,16 @@ def statsd_listener() -> Iterator[StatsdListener]:
         yield listener
     finally:
         listener.close()
+
+
+@pytest.fixture
+def s3_template(s3_url: str, template_store: Path, cli_env: dict[str, str]) -> str:
+    """The e2e template store (demo models, iris 1-3) copied into a fresh bucket prefix."""
+    run_cli(template_store, "store", "copy", str(template_store), s3_url, env=cli_env)
+    return s3_url
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """The command line as an operator's machine: its own data dir (and download cache)."""
+    return {"SERVING_DATA_DIR": str(tmp_path / "operator")}

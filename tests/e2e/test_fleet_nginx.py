@@ -1,5 +1,6 @@
-"""The fleet: deploy/nginx in front of 3 replicas (each its own gunicorn master and data dir, one
-shared store), under load from bounded clients on loopback. Killing a replica, rolling restarts
+"""The fleet: deploy/nginx in front of 3 replicas (each its own gunicorn master, cache and data
+dir, as three machines; one S3 bucket and one PostgreSQL database shared), under load from
+bounded clients on loopback. Killing a replica, rolling restarts
 and promotes lose no request; 50 stalled connections do not slow the others down."""
 
 from __future__ import annotations
@@ -165,15 +166,24 @@ class Load:
 
 @pytest.fixture
 def fleet(
-    copy_store: Callable[[], Path], start_server: Callable[..., GunicornServer], tmp_path: Path
-) -> Iterator[tuple[list[Replica], Nginx, Path]]:
+    s3_template: str,
+    postgres_url: str,
+    start_server: Callable[..., GunicornServer],
+    tmp_path: Path,
+) -> Iterator[tuple[list[Replica], Nginx, str]]:
+    """3 replicas as 3 machines (own cache and data dir) on one bucket and one database."""
     if NGINX is None:
         pytest.skip("nginx is not installed (`make nginx` installs Debian's package)")
-    store = copy_store()
+    store = s3_template
     replicas = []
     for i in range(REPLICAS):
-        data = tmp_path / f"data-{i}"
-        env = server_env(store, _free_port(), workers=1, extra={"SERVING_DATA_DIR": str(data)})
+        machine = {
+            "SERVING_MODEL_STORE": store,
+            "SERVING_DATA_DIR": str(tmp_path / f"data-{i}"),
+            "SERVING_CACHE_DIR": str(tmp_path / f"cache-{i}"),
+            "SERVING_DATABASE_URL": postgres_url,
+        }
+        env = server_env(tmp_path, _free_port(), workers=1, extra=machine)
         env["PORT"] = str(_free_port())
         replicas.append(Replica(env, start_server).start())
     (tmp_path / "nginx").mkdir()
@@ -223,12 +233,14 @@ def _production_versions(replicas: list[Replica]) -> set[int]:
     return versions
 
 
-def test_promote_and_rollback_under_load_converge_on_every_replica(fleet: tuple) -> None:
+def test_promote_and_rollback_under_load_converge_on_every_replica(
+    fleet: tuple, cli_env: dict[str, str]
+) -> None:
     replicas, nginx, store = fleet
     with Load(nginx.port) as load:
         for version in ("2", "rollback"):
             args = ("promote", "iris", "2") if version == "2" else ("rollback", "iris")
-            run_cli(store, "models", *args)
+            run_cli(store, "models", *args, env=cli_env)
             changed = time.monotonic()
             want = {2} if version == "2" else {1}
             wait_until(lambda w=want: _production_versions(replicas) == w, 10, f"{want}")
