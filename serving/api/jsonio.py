@@ -10,6 +10,7 @@ from flask import Request, Response
 from marshmallow import Schema, ValidationError
 
 from serving.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
+from serving.protocols.strict_json import check_no_duplicate_keys
 
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _JSON_TYPES = ("application/json",)
@@ -38,6 +39,7 @@ def read_json(request: Request) -> tuple[Any, bool]:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         payload = _lenient_loads(body)
+    check_no_duplicate_keys(body, payload)  # a repeated key is refused, never resolved
     tokens = body.count(b"true") + body.count(b"false")
     top_level = sum(type(v) is bool for v in payload.values()) if type(payload) is dict else 0
     return payload, tokens > top_level
@@ -84,6 +86,10 @@ def load_query(schema: Schema, request: Request) -> dict[str, Any]:
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(orjson.dumps(body, option=_DUMP_OPTIONS), status=status, headers=headers)
+    try:
+        data = orjson.dumps(body, option=_DUMP_OPTIONS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits (a pinned version in a URL)
+        data = json.dumps(body, default=str, allow_nan=False).encode()
+    response = Response(data, status=status, headers=headers)
     response.mimetype = "application/json"
     return response

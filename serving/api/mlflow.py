@@ -64,14 +64,26 @@ def invocations() -> Response:
 @bp.get("/ping")
 @bp.get("/health")
 @doc(
-    "MLflow/SageMaker health check: 200 when the default model can answer",
+    "MLflow/SageMaker health check: 200 when the default model can answer; with several "
+    "models and no SERVING_DEFAULT_MODEL, 200 when every deployed model is ready",
     "mlflow",
     {200: None, 503: _ERROR},
 )
 def ping() -> Response:
-    """200 when the default model can answer (what SageMaker and MLflow health checks ask)."""
+    """200 when the default model can answer (what SageMaker and MLflow health checks ask).
+
+    Several models and no SERVING_DEFAULT_MODEL: there is no default model, but the server is
+    healthy when every deployed model is ready (`/health/ready`'s rule), so an orchestrator
+    that health-checks the MLflow way still marks it up.
+    """
+    state = get_state()
+    if state.settings.default_model is None and len(_deployed(state)) > 1:
+        ready, waiting = state.loader.ready()
+        if not ready:
+            return error_response(503, f"not ready: {', '.join(sorted(waiting))}")
+        return Response("\n", mimetype=JSON)
     try:
-        default_model(get_state())
+        default_model(state)
     except ServingError as exc:
         return error_response(503, exc.message)
     return Response("\n", mimetype=JSON)
@@ -111,8 +123,12 @@ def _route_default(state: ServingState, key: str | None) -> dataplane.Outcome:
         raise ModelNotFound(f"SERVING_DEFAULT_MODEL={name!r}: {exc.message}", exc.details) from None
 
 
+def _deployed(state: ServingState) -> list[str]:
+    return sorted(n for n, s in state.loader.states().items() if DEFAULT_ALIAS in s.wanted)
+
+
 def _only_deployed(state: ServingState) -> str:
-    deployed = sorted(n for n, s in state.loader.states().items() if DEFAULT_ALIAS in s.wanted)
+    deployed = _deployed(state)
     if len(deployed) != 1:
         raise ModelNotFound(
             f"no default model: {len(deployed)} models are deployed "

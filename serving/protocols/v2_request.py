@@ -17,6 +17,7 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from serving.errors import InvalidInput, MalformedRequest
+from serving.protocols.strict_json import check_no_duplicate_keys
 
 PREDICT, PROBA = "predict", "predict_proba"  # the outputs a request can ask for
 # Input datatypes a numeric model takes, as little-endian numpy dtypes (binary data is LE).
@@ -254,10 +255,16 @@ def _flag(parameters: dict[str, Any], key: str, what: str, default: bool = False
 
 
 def _loads(raw: bytes) -> Any:
+    """The JSON (header) of a V2 request; a key repeated in one object is refused."""
     try:
-        return orjson.loads(raw)
+        payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        pass
+        payload = _loads_lenient(raw)
+    check_no_duplicate_keys(raw, payload)
+    return payload
+
+
+def _loads_lenient(raw: bytes) -> Any:
     try:  # NaN/Infinity parse here, so the schema can say which row and feature hold them
         return json.loads(raw)
     except UnicodeDecodeError:

@@ -331,3 +331,18 @@ def test_non_finite_regression_output_is_valid_json(client: FlaskClient) -> None
     row = [1e300] * 10
     response = client.post("/v1/models/diabetes/predict", json={"instances": [row]})
     json.loads(response.data)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models/iris/versions/99999999999999999999999/predict",
+        "/v2/models/iris/versions/99999999999999999999999/infer",
+    ],
+)
+def test_a_version_beyond_64_bits_is_a_404_in_the_error_shape(
+    client: FlaskClient, path: str
+) -> None:
+    response = client.post(path, json={"instances": [[5.1, 3.5, 1.4, 0.2]]})
+    assert response.status_code == 404, response.get_data(as_text=True)
+    assert "99999999999999999999999" in response.get_data(as_text=True)

@@ -342,10 +342,29 @@ def test_ping_is_200_when_the_default_model_can_answer(
     assert response.status_code == 200 and response.get_data() == b"\n"
 
 
-def test_ping_is_503_without_a_default_model(client: FlaskClient) -> None:
-    response = client.get("/ping")
-    assert "SERVING_DEFAULT_MODEL" in _error(response, 503)
+@pytest.mark.parametrize("path", ["/ping", "/health"])
+def test_ping_follows_readiness_with_several_models_and_no_default(
+    client: FlaskClient, path: str
+) -> None:
+    response = client.get(path)  # iris and diabetes deployed: no default, but all ready
+    assert response.status_code == 200 and response.get_data() == b"\n"
+
+
+def test_ping_is_503_naming_what_is_not_ready(
+    served: ModelStore, iris_artifact: Path, make_app: Callable[..., Flask]
+) -> None:
+    served.register("broken", iris_artifact, activate=True, actor="t")
+    (served.version_dir("broken", 1) / "model.joblib").write_bytes(b"damaged")
+    response = make_app().test_client().get("/ping")
+    assert "broken:production" in _error(response, 503)
     assert response.get_json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+def test_ping_is_503_when_the_default_model_is_not_deployed(
+    served: ModelStore, make_app: Callable[..., Flask]
+) -> None:
+    response = make_app(default_model="nope").test_client().get("/ping")
+    assert "SERVING_DEFAULT_MODEL" in _error(response, 503)
 
 
 def test_version_is_the_package_version(mlflow_client: FlaskClient) -> None:
