@@ -68,6 +68,9 @@ class Settings:
     drift_alert: float = 0.25
     # Per-worker LRU cache of predictions, in entries (0: off). See serving/cache.py.
     prediction_cache: int = 0
+    # A prediction running past this many seconds answers 504 and the worker lives on
+    # (serving.runtime.deadline; sync workers). 0: no deadline but gunicorn's timeout.
+    request_timeout: float = 10.0
     configure_logging: bool = True
     start_poller: bool = True
 
@@ -106,6 +109,7 @@ class Settings:
             drift_warn=reader.number("SERVING_DRIFT_WARN", 0.1, low=0.0, high=100),
             drift_alert=reader.number("SERVING_DRIFT_ALERT", 0.25, low=0.0, high=100),
             prediction_cache=reader.integer("SERVING_PREDICTION_CACHE", 0, low=0, high=1_000_000),
+            request_timeout=reader.number("SERVING_REQUEST_TIMEOUT", 10.0, low=0.0, high=3600),
         )
 
     @property

@@ -28,6 +28,7 @@ _ERROR_CODES = {
     429: "REQUEST_LIMIT_EXCEEDED",
     500: "INTERNAL_ERROR",
     503: "TEMPORARILY_UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
 
 bp = Blueprint("mlflow", __name__)
@@ -47,7 +48,7 @@ _PREDICTIONS = {"type": "object", "properties": {"predictions": {"type": "array"
 @doc(
     "MLflow scoring protocol: predict with the default model (SERVING_DEFAULT_MODEL)",
     "mlflow",
-    {200: _PREDICTIONS, 400: _ERROR, 404: _ERROR, 413: _ERROR, 415: _ERROR, 503: _ERROR},
+    {200: _PREDICTIONS, **{s: _ERROR for s in (400, 404, 413, 415, 503, 504)}},
     body=_BODY,
     body_types=(JSON, CSV),
 )
@@ -57,7 +58,10 @@ def invocations() -> Response:
     g.outcome = outcome = _route_default(state, request.headers.get("X-Routing-Key"))
     loaded = outcome.served
     rows = _csv_rows(loaded) if mimetype == CSV else _json_rows(loaded)
-    result = dataplane.infer(outcome, rows, max_instances=state.settings.max_instances)
+    settings = state.settings
+    result = dataplane.infer(
+        outcome, rows, max_instances=settings.max_instances, timeout=settings.request_timeout
+    )
     return json_response({"predictions": result.predictions})
 
 

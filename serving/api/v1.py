@@ -26,7 +26,7 @@ from serving.store.model_store import DEFAULT_ALIAS
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 _PREDICT_SCHEMA = PredictRequestSchema()
-_PREDICT_ERRORS = {status: ErrorSchema for status in (400, 404, 413, 415, 422, 503)}
+_PREDICT_ERRORS = {status: ErrorSchema for status in (400, 404, 413, 415, 422, 503, 504)}
 _PREDICT_DOC = {200: PredictResponseSchema, **_PREDICT_ERRORS}
 
 
@@ -95,7 +95,8 @@ def _predict(
     g.outcome = outcome = dataplane.route(state.loader, name, alias, version, key)
     rows = dataplane.Rows(instances=payload["instances"], may_have_bools=may_have_bools)
     max_instances = state.settings.max_instances
-    result = dataplane.infer(outcome, rows, payload["return_proba"], max_instances)
+    timeout = state.settings.request_timeout
+    result = dataplane.infer(outcome, rows, payload["return_proba"], max_instances, timeout)
     body = result.body()
     body["request_id"] = g.request_id
     variant = outcome.variant

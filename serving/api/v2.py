@@ -102,7 +102,7 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @doc(
     "V2 inference: one [N, n_features] tensor in, predict / predict_proba out",
     "v2",
-    {200: _INFER_RESPONSE, **_FAILURES, 413: _ERROR, 415: _ERROR},
+    {200: _INFER_RESPONSE, **_FAILURES, 413: _ERROR, 415: _ERROR, 504: _ERROR},
     body=v2codec.InferRequestSchema,
     body_types=(JSON, BINARY),
 )
@@ -115,7 +115,7 @@ def infer(name: str, version: str | None = None) -> Response:
     v2codec.check_outputs(infer_request, specs)
     rows = dataplane.Rows(array=infer_request.array)
     proba, max_instances = infer_request.wants(v2codec.PROBA), state.settings.max_instances
-    result = dataplane.infer(outcome, rows, proba, max_instances)
+    result = dataplane.infer(outcome, rows, proba, max_instances, state.settings.request_timeout)
     body, header_length = v2codec.encode_infer_response(result, infer_request, specs)
     if header_length is None:
         return Response(body, mimetype=JSON)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from serving.dataplane.outcome import Outcome, Rows
+from serving.runtime.deadline import RequestTimeout, deadline
 from serving.runtime.loader import ModelLoader
 from serving.runtime.predict import PredictionResult
 from serving.store.model_store import DEFAULT_ALIAS
+
+log = logging.getLogger(__name__)
 
 
 def route(
@@ -32,12 +37,25 @@ def infer(
     rows: Rows,
     return_proba: bool = False,
     max_instances: int | None = None,
+    timeout: float | None = None,
 ) -> PredictionResult:
     """Predict `rows` with the routed version; the outcome keeps the rows and the result.
 
-    Raises the runtime's InvalidInput (422) for rows the version cannot take; the outcome then
-    has no result, and is counted as a failed request of its version.
+    Raises the runtime's InvalidInput (422) for rows the version cannot take, and
+    RequestTimeout (504) past `timeout` seconds; the outcome then has no result, and is counted
+    as a failed request of its version.
     """
     outcome.rows = rows
-    outcome.result = result = rows.predict(outcome.served, return_proba, max_instances)
+    try:
+        with deadline(timeout):
+            result = rows.predict(outcome.served, return_proba, max_instances)
+    except RequestTimeout:
+        served = outcome.served
+        log.warning(
+            "prediction of %s v%s stopped after %s s (SERVING_REQUEST_TIMEOUT)",
+            served.name, served.version, timeout,
+            extra={"model": served.name, "version": served.version, "event": "request_timeout"},
+        )  # fmt: skip
+        raise
+    outcome.result = result
     return result

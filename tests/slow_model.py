@@ -1,0 +1,37 @@
+"""A classifier that is slow on purpose for one poisoned input (a feature equal to 999), to test
+SERVING_REQUEST_TIMEOUT. Importable by the servers the tests start (they run from the repo)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+POISON = 999.0
+
+
+class SlowOnPoison(ClassifierMixin, BaseEstimator):
+    def __init__(self, seconds: float = 30.0) -> None:
+        self.seconds = seconds
+
+    def fit(self, x, y):  # noqa: ANN001, ANN201 (scikit-learn's signature)
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = np.asarray(x).shape[1]
+        return self
+
+    def predict(self, x):  # noqa: ANN001, ANN201
+        values = np.asarray(x, dtype=float)
+        if (values == POISON).any():
+            deadline = time.monotonic() + self.seconds
+            while time.monotonic() < deadline:  # busy in Python, like a slow pure-Python model
+                sum(range(1000))
+        return np.full(len(values), self.classes_[0])
+
+
+def slow_artifact(path, seconds: float = 30.0):  # noqa: ANN001, ANN201
+    import joblib
+
+    x = np.random.default_rng(0).normal(size=(20, 4))
+    joblib.dump(SlowOnPoison(seconds).fit(x, [0, 1] * 10), path)
+    return path
