@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from serving.dataplane.outcome import Outcome, Rows
-from serving.runtime.deadline import RequestTimeout, deadline
+from serving.runtime import deadline
+from serving.runtime.deadline import RequestTimeout
 from serving.runtime.loader import ModelLoader
 from serving.runtime.predict import PredictionResult
 from serving.store.model_store import DEFAULT_ALIAS
@@ -46,9 +47,9 @@ def infer(
     as a failed request of its version.
     """
     outcome.rows = rows
+    armed = deadline.arm(timeout)  # two setitimer calls per prediction, no context manager
     try:
-        with deadline(timeout):
-            result = rows.predict(outcome.served, return_proba, max_instances)
+        result = rows.predict(outcome.served, return_proba, max_instances)
     except RequestTimeout:
         served = outcome.served
         log.warning(
@@ -57,5 +58,8 @@ def infer(
             extra={"model": served.name, "version": served.version, "event": "request_timeout"},
         )  # fmt: skip
         raise
+    finally:
+        if armed:
+            deadline.disarm()
     outcome.result = result
     return result

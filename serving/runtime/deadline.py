@@ -29,7 +29,9 @@ class RequestTimeout(ServingError):
     code = "request_timeout"
 
 
-_state = {"armed": False, "seconds": 0.0, "pid": -1}
+_state: dict[str, Any] = {"armed": False, "seconds": 0.0, "pid": -1}
+_MAIN = threading.main_thread()
+_REAL, _setitimer = signal.ITIMER_REAL, signal.setitimer
 
 
 def _expired(signum: int, frame: Any) -> None:
@@ -41,19 +43,30 @@ def _expired(signum: int, frame: Any) -> None:
         )
 
 
-@contextlib.contextmanager
-def deadline(seconds: float | None) -> Iterator[None]:
-    """Raise RequestTimeout inside the block once `seconds` have passed (main thread only)."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def arm(seconds: float | None) -> bool:
+    """Raise RequestTimeout in this thread once `seconds` pass; False when it cannot (not the
+    main thread, or no deadline). Whoever arms calls `disarm()` in a `finally`."""
+    if not seconds or threading.current_thread() is not _MAIN:
+        return False
     if _state["pid"] != os.getpid():  # once per process, after the fork
         signal.signal(signal.SIGALRM, _expired)
         _state["pid"] = os.getpid()
     _state["seconds"], _state["armed"] = seconds, True
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    _setitimer(_REAL, seconds)
+    return True
+
+
+def disarm() -> None:
+    _state["armed"] = False
+    _setitimer(_REAL, 0)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """`arm` and `disarm` around a block (for callers off the hot path)."""
+    armed = arm(seconds)
     try:
         yield
     finally:
-        _state["armed"] = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        if armed:
+            disarm()
