@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,11 +45,14 @@ def make_client(connect_timeout: float = 2.0, read_timeout: float = 20.0) -> Any
     import boto3
     from botocore.config import Config
 
+    # Path-style URLs for a custom endpoint (MinIO, SeaweedFS, Ceph: no wildcard DNS per
+    # bucket); AWS itself gets boto3's default (virtual-hosted).
+    custom = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
     config = Config(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         retries={"max_attempts": 2, "mode": "standard"},
-        s3={"addressing_style": "path"},
+        s3={"addressing_style": "path"} if custom else {},
         user_agent_extra="serving",
     )
     return boto3.session.Session().client("s3", config=config)
