@@ -27,7 +27,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from flask import Flask
 
+from serving.api.state import get_state
 from serving.app import create_app
 from serving.settings import Settings
 from tests.deploy.test_dockerfile import args_of, final_stage, parse
@@ -310,30 +312,35 @@ def test_startup_probe_waits_longer_than_gunicorn_lets_a_worker_boot(pod: Pod) -
     assert budget > gunicorn_config(pod.environment())["timeout"]
 
 
-def test_probes_and_scrape_target_are_routes_the_app_serves(pod: Pod, tmp_path: Path) -> None:
-    app = create_app(
-        Settings(
-            model_store=tmp_path / "models",
-            data_dir=tmp_path / "data",
-            statsd_host=None,
-            configure_logging=False,
-            start_poller=False,
-        )
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    """The real app over an empty store (nothing deployed: ready at once)."""
+    root = tmp_path_factory.mktemp("k8s-app")
+    settings = Settings(
+        model_store=root / "models",
+        data_dir=root / "data",
+        statsd_host=None,
+        configure_logging=False,
+        start_poller=False,
     )
+    app = create_app(settings)
+    yield app
+    get_state(app).close()
+
+
+def test_probes_and_scrape_target_are_routes_the_app_serves(pod: Pod, app: Flask) -> None:
     bound = int(gunicorn_config(pod.environment())["bind"].rpartition(":")[2])
-    client = app.test_client()
-    probes = {
-        kind: pod.container[f"{kind}Probe"]["httpGet"]
-        for kind in ("startup", "readiness", "liveness")
-    }
+    kinds = ("startup", "readiness", "liveness")
+    targets = {kind: pod.container[f"{kind}Probe"]["httpGet"] for kind in kinds}
     annotations = pod.deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    scrape = {
+    targets["scrape"] = {
         "path": annotations["prometheus.io/path"],
         "port": int(annotations["prometheus.io/port"]),
     }
-    assert probes["readiness"]["path"] == "/health/ready"  # 503 until the models are loaded
-    for name, target in {**probes, "scrape": scrape}.items():
+    assert targets["readiness"]["path"] == "/health/ready"  # 503 until the models are loaded
+    client = app.test_client()
+    for name, target in targets.items():
         assert port_number(pod, target["port"]) == bound, name
         answer = client.get(target["path"])
         assert answer.status_code == 200, (name, target["path"], answer.status_code)
@@ -359,6 +366,16 @@ def test_pod_runs_as_the_images_uid_and_drops_every_privilege(pod: Pod) -> None:
     assert pod.spec["automountServiceAccountToken"] is False
 
 
+def test_no_service_variables_are_injected_into_the_settings_namespace(pod: Pod) -> None:
+    # With service links on, each Service NAME of the namespace puts NAME_PORT,
+    # NAME_SERVICE_HOST... into every pod: for `serving`, names a setting may take one day.
+    env = pod.environment()
+    read = settings_of(env)[1] | set(gunicorn_config(env)["asked"])
+    prefixes = {s["metadata"]["name"].upper().replace("-", "_") + "_" for s in pod.all("Service")}
+    if any(name.startswith(tuple(prefixes)) for name in read):
+        assert pod.spec.get("enableServiceLinks") is False
+
+
 def test_every_path_the_server_writes_is_on_a_writable_volume(pod: Pod) -> None:
     env = pod.environment()
     settings, _ = settings_of(env)
@@ -367,7 +384,7 @@ def test_every_path_the_server_writes_is_on_a_writable_volume(pod: Pod) -> None:
     writes = {
         "temp files (tempfile)": env.get("TMPDIR", "/tmp"),
         "gunicorn worker heartbeat": heartbeat,
-        "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR", heartbeat),
+        "PROMETHEUS_MULTIPROC_DIR": gunicorn["prometheus_dir"],
         "SERVING_DATA_DIR": str(settings.data_dir),
     }
     if isinstance(settings.model_store, Path):  # the admin API and CLI write a local store
