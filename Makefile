@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export SERVING_MODEL_STORE ?= model_store
 
-.PHONY: run test lint check demo venv dev clean browser docs nginx postgres
+.PHONY: run test lint check demo venv dev clean browser docs nginx postgres kubectl
 
 # The runtime virtualenv: re-made whenever requirements.txt changes.
 $(VENV)/.runtime: requirements.txt
@@ -28,7 +28,7 @@ run: demo
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 # On both cores (pytest-xdist); the layer contracts and the docs build are tests too.
-test: dev browser nginx postgres
+test: dev browser nginx postgres kubectl
 	$(PY) -m pytest -n 2
 
 # Headless Chromium for the dashboard's browser test (Debian's package). Never fails: where it
@@ -52,6 +52,14 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get install -y postgresql || \
 		(apt-get update && apt-get install -y postgresql)) || echo "make postgres: could not" \
 		"install postgresql; the PostgreSQL telemetry tests will skip"
+
+# kubectl for the Kubernetes manifests' test (tests/deploy/test_k8s.py renders deploy/k8s with
+# `kubectl kustomize`), Debian's kubernetes-client; never fails: where it cannot be installed,
+# that test skips and says why.
+kubectl:
+	@command -v kubectl >/dev/null || (apt-get install -y kubernetes-client || \
+		(apt-get update && apt-get install -y kubernetes-client)) || echo "make kubectl: could" \
+		"not install kubernetes-client; the deploy/k8s test will skip"
 
 # `lint` fixes what it can; `check` only reads (CI-safe).
 lint: dev
