@@ -15,12 +15,12 @@ class SlowOnPoison(ClassifierMixin, BaseEstimator):
     def __init__(self, seconds: float = 30.0) -> None:
         self.seconds = seconds
 
-    def fit(self, x, y):  # noqa: ANN001, ANN201 (scikit-learn's signature)
+    def fit(self, x, y):
         self.classes_ = np.unique(y)
         self.n_features_in_ = np.asarray(x).shape[1]
         return self
 
-    def predict(self, x):  # noqa: ANN001, ANN201
+    def predict(self, x):
         values = np.asarray(x, dtype=float)
         if (values == POISON).any():
             deadline = time.monotonic() + self.seconds
@@ -29,7 +29,7 @@ class SlowOnPoison(ClassifierMixin, BaseEstimator):
         return np.full(len(values), self.classes_[0])
 
 
-def slow_artifact(path, seconds: float = 30.0):  # noqa: ANN001, ANN201
+def slow_artifact(path, seconds: float = 30.0):
     import joblib
 
     x = np.random.default_rng(0).normal(size=(20, 4))

@@ -279,3 +279,28 @@ def test_every_cli_verb_works_on_a_bucket(
     assert store.versions("iris") == [1, 2, 3]
     assert store.read_metadata("iris", 3)["artifact"] == "model.onnx"
     assert store.read_deployment("iris")["routes"]["production"]["variants"][1]["version"] == 2
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_batch_scores_a_version_from_a_bucket(
+    s3_url: str, tmp_path: Path, iris_artifact: Path, workers: str
+) -> None:
+    import pandas as pd
+    from sklearn.datasets import load_iris
+
+    S3Store(s3_url, tmp_path / "admin").register("iris", iris_artifact, activate=True, actor="t")
+    frame = load_iris(as_frame=True).data.head(300)
+    source, target = tmp_path / "in.csv", tmp_path / "out.csv"
+    frame.to_csv(source, index=False)
+    argv = ["--store", s3_url, "batch", "iris", str(source), "-o", str(target)]
+    assert main([*argv, "--workers", workers, "--chunk-size", "50"]) == 0
+    scored = pd.read_csv(target)
+    expected = joblib_predict(iris_artifact, frame)
+    assert scored["prediction"].tolist() == expected
+    assert set(scored["version"]) == {1}
+
+
+def joblib_predict(artifact: Path, frame: object) -> list:
+    import joblib
+
+    return list(joblib.load(artifact).predict(frame))
