@@ -213,7 +213,7 @@ def test_slow_shadow_runs_after_the_response_is_built(
 
     class Slow:
         def predict(self, x: object) -> object:
-            time.sleep(0.5)
+            time.sleep(1.0)
             raise RuntimeError("late")
 
     object.__setattr__(shadow, "runner", Slow())
@@ -223,5 +223,6 @@ def test_slow_shadow_runs_after_the_response_is_built(
     answered = time.perf_counter() - started
     response.close()
     closed = time.perf_counter() - started
-    assert response.status_code == 200 and answered < 0.3
-    assert closed >= 0.5  # the slow shadow did run, after the answer
+    # The answer does not wait for the 1 s shadow (margin for a loaded shared machine).
+    assert response.status_code == 200 and answered < 0.6
+    assert closed >= 1.0  # the slow shadow did run, after the answer
