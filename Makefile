@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export SERVING_MODEL_STORE ?= model_store
 
-.PHONY: run test lint check demo venv dev clean browser docs nginx postgres
+.PHONY: run test lint check demo venv dev clean browser docs nginx postgres image podman
 
 # The runtime virtualenv: re-made whenever requirements.txt changes.
 $(VENV)/.runtime: requirements.txt
@@ -52,6 +52,32 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get install -y postgresql || \
 		(apt-get update && apt-get install -y postgresql)) || echo "make postgres: could not" \
 		"install postgresql; the PostgreSQL telemetry tests will skip"
+
+# The container image (Dockerfile) as $(IMAGE). With podman where it is installed, else docker:
+# podman needs no daemon, while a docker client often has none to talk to (CONTAINER_ENGINE=docker
+# to choose). BASE_IMAGE=... replaces the official Python base for both stages, e.g. a local
+# bookworm base where Docker Hub cannot be reached (docs/deployment.md). podman: the docker
+# format keeps the HEALTHCHECK (OCI images have none); the ulimits stay below a host's hard
+# limits (podman's defaults are above them on some hosts, and then every RUN step fails).
+# WHEELS=DIR (podman only): pip installs from wheels downloaded there beforehand, not from PyPI.
+IMAGE ?= serving:latest
+CONTAINER_ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+PODMAN_BUILD_FLAGS ?= --format docker --ulimit nofile=1024:1024 --ulimit nproc=4096:4096
+image:
+	$(CONTAINER_ENGINE) build $(if $(filter podman,$(notdir $(CONTAINER_ENGINE))),$(PODMAN_BUILD_FLAGS)) \
+		$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+		$(if $(WHEELS),--volume $(abspath $(WHEELS)):/wheels:ro --build-arg PIP_NO_INDEX=1 \
+			--build-arg PIP_FIND_LINKS=/wheels) -t $(IMAGE) .
+
+# podman, buildah and debootstrap for the image test (tests/deploy/test_image.py, opt-in with
+# SERVING_TEST_IMAGE=1), Debian's packages; never fails: where they cannot be installed, that
+# test skips and says why.
+podman:
+	@(command -v podman && command -v buildah && command -v debootstrap && \
+		command -v newuidmap) >/dev/null || (apt-get install -y podman buildah debootstrap uidmap || \
+		(apt-get update && apt-get install -y podman buildah debootstrap uidmap)) || echo \
+		"make podman: could not install podman, buildah, debootstrap or uidmap; the image test" \
+		"will skip"
 
 # `lint` fixes what it can; `check` only reads (CI-safe).
 lint: dev

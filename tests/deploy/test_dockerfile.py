@@ -120,8 +120,12 @@ def test_image_is_built_in_two_stages_from_the_same_pinned_base(
     assert bases == ["${BASE_IMAGE}", "${BASE_IMAGE}"], "the venv only runs on its interpreter"
     # The build argument is declared before the first FROM (global) with the official default.
     first_from = next(i for i, ins in enumerate(dockerfile) if ins.keyword == "FROM")
-    declared = dict(arg.partition("=")[::2] for arg in args_of(dockerfile[:first_from], "ARG"))
-    image, _, tag = declared["BASE_IMAGE"].partition(":")
+    (default,) = [
+        arg.removeprefix("BASE_IMAGE=")
+        for arg in args_of(dockerfile[:first_from], "ARG")
+        if arg.startswith("BASE_IMAGE=")
+    ]
+    image, _, tag = default.partition(":")
     assert image == "python" and tag.startswith("3.11.") and tag != "latest"
 
 
