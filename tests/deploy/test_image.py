@@ -119,6 +119,7 @@ def test_image_serves_read_only_as_its_uid_and_stops_cleanly_on_sigterm(
         assert exec_in(name, "touch", f"{directory}/probe").returncode == 0, directory
 
     # A prediction from the demo store the image's own CLI trains into the /models volume.
+    assert exec_in(name, "printenv", "SERVING_MODEL_STORE").stdout.strip() == "/models"
     demo = exec_in(name, "python", "-m", "serving", "demo")
     assert demo.returncode == 0, demo.stdout + demo.stderr
 
