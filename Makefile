@@ -69,9 +69,14 @@ image:
 		$(if $(WHEELS),--volume $(abspath $(WHEELS)):/wheels:ro --build-arg PIP_NO_INDEX=1 \
 			--build-arg PIP_FIND_LINKS=/wheels) -t $(IMAGE) .
 
-# podman, buildah and debootstrap for the image test (tests/deploy/test_image.py, opt-in with
-# SERVING_TEST_IMAGE=1), Debian's packages; never fails: where they cannot be installed, that
-# test skips and says why.
+# The image test alone (tests/deploy/test_image.py; not in `make test`: about 5 minutes cold,
+# 1.5 with the base and the layers cached; docs/development.md).
+.PHONY: test-image
+test-image: dev podman
+	SERVING_TEST_IMAGE=1 $(PY) -m pytest tests/deploy/test_image.py
+
+# podman, buildah and debootstrap for the image test (opt-in with SERVING_TEST_IMAGE=1),
+# Debian's packages; never fails: where they cannot be installed, that test skips and says why.
 podman:
 	@(command -v podman && command -v buildah && command -v debootstrap && \
 		command -v newuidmap) >/dev/null || (apt-get install -y podman buildah debootstrap uidmap || \
