@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export SERVING_MODEL_STORE ?= model_store
 
-.PHONY: run test lint check demo venv dev clean browser docs nginx postgres image podman
+.PHONY: run test lint check demo venv dev clean browser docs nginx postgres
 
 # The runtime virtualenv: re-made whenever requirements.txt changes.
 $(VENV)/.runtime: requirements.txt
@@ -60,6 +60,7 @@ postgres:
 # format keeps the HEALTHCHECK (OCI images have none); the ulimits stay below a host's hard
 # limits (podman's defaults are above them on some hosts, and then every RUN step fails).
 # WHEELS=DIR (podman only): pip installs from wheels downloaded there beforehand, not from PyPI.
+.PHONY: image podman
 IMAGE ?= serving:latest
 CONTAINER_ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
 PODMAN_BUILD_FLAGS ?= --format docker --ulimit nofile=1024:1024 --ulimit nproc=4096:4096
