@@ -116,7 +116,8 @@ def test_image_serves_read_only_as_its_uid_and_stops_cleanly_on_sigterm(
         touched = exec_in(name, "touch", path)
         assert touched.returncode != 0 and "Read-only file system" in touched.stderr, path
     for directory in WRITABLE:
-        assert exec_in(name, "touch", f"{directory}/probe").returncode == 0, directory
+        probe = f"{directory}/.probe"  # removed again: the store must stay empty for `demo`
+        assert exec_in(name, "sh", "-c", f"touch {probe} && rm {probe}").returncode == 0, directory
 
     # A prediction from the demo store the image's own CLI trains into the /models volume.
     assert exec_in(name, "printenv", "SERVING_MODEL_STORE").stdout.strip() == "/models"
@@ -136,6 +137,7 @@ def test_image_serves_read_only_as_its_uid_and_stops_cleanly_on_sigterm(
     took = time.monotonic() - stopping
     print(f"stopped in {took:.1f} s")
     state = pm.podman("inspect", "--format={{.State.ExitCode}}", name).stdout.strip()
-    logs = pm.podman("logs", name).stdout + pm.podman("logs", name).stderr
+    logged = pm.podman("logs", name)
+    logs = logged.stdout + logged.stderr
     assert state == "0", f"exit status {state} (137 = killed after the grace period)"
     assert took < STOP_GRACE and "Shutting down: Master" in logs
