@@ -8,10 +8,11 @@ rlimit ... operation not permitted"). The default bridge network (netavark) publ
 on 127.0.0.1.
 
 Docker Hub cannot be reached there, so the base is a Debian bookworm root filesystem with
-python3 (3.11) and python3-venv, made by debootstrap from the mirror apt uses and imported
-once (`podman image exists` first: CI pays it once per machine). pip inside the build cannot
-verify PyPI's TLS through the egress proxy, so the wheels are downloaded by the host's pip (its
-cache already holds them after `make dev`) and mounted into the build.
+python3 (3.11), python3-venv, ca-certificates and netbase, made by debootstrap from the mirror
+apt uses and imported once (`podman image exists` first: CI pays it once per machine). pip
+inside the build cannot verify PyPI's TLS through the egress proxy, so the wheels are
+downloaded by the host's pip (its cache already holds them after `make dev`) and mounted into
+the build.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 # Bump the tag when the debootstrap command changes: a cached base is reused by name.
-BASE_IMAGE = "localhost/serving-test-base:bookworm-py311-1"
+BASE_IMAGE = "localhost/serving-test-base:bookworm-py311-2"
 IMAGE = "localhost/serving:test"
-BASE_PACKAGES = ("python3", "python3-venv")
+# What the official slim image has beyond minbase and the app may need: system CA certificates
+# (libpq's sslrootcert=system, an S3 endpoint's private CA) and /etc/services (netbase).
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "netbase")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # Below any sane hard limit; gunicorn's sync workers need a few dozen descriptors each.
 ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
