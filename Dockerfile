@@ -4,15 +4,27 @@
 #   docker exec <container> python -m serving demo     # optional: train the demo models
 # Stop with a grace period above gunicorn's graceful_timeout (30 s): `docker stop -t 35`.
 
+# Both stages use the same base: the venv's interpreter is a symlink to the base's python3.11,
+# so it only works in an identical runtime image. The default is the official pinned image;
+# where Docker Hub cannot be reached, a local Python 3.11 base stands in for both stages
+# (`--build-arg BASE_IMAGE=...`; docs/deployment.md builds one from Debian bookworm).
+ARG BASE_IMAGE=python:3.11.7-slim-bookworm
+
 # --- builder: dependencies only ----------------------------------------------------------------
-# Both stages use the same pinned base: the venv's interpreter is a symlink to this image's
-# /usr/local/bin/python3.11, so it only works in an identical runtime image. Bump both together.
-FROM python:3.11.7-slim-bookworm AS builder
+FROM ${BASE_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip's own settings pass through as build arguments, unset by default (PyPI): a private index
+# (PIP_INDEX_URL), or wheels downloaded beforehand and mounted into the build (PIP_FIND_LINKS
+# with PIP_NO_INDEX=1, e.g. `podman build --volume`). Build arguments show in the image
+# history: never put a password in them.
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
 
 # A venv is one directory to copy into the runtime stage, without pip's build leftovers.
-RUN python -m venv /opt/venv
+# `python3`: the official image has both names, Debian's python3 package only this one.
+RUN python3 -m venv /opt/venv
 ENV PATH="/opt/venv/bin:$PATH"
 
 # requirements.txt alone first: this layer (the slow one) is rebuilt only when the pins change,
@@ -21,7 +33,7 @@ COPY requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir -r /tmp/requirements.txt
 
 # --- runtime: the venv, the code, an unprivileged user -----------------------------------------
-FROM python:3.11.7-slim-bookworm AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 # Fixed, numeric UID/GID 10001: above any host system range, the same on every build, so volume
 # ownership is predictable and Kubernetes `runAsNonRoot` can verify it. /models is created and

@@ -61,6 +61,38 @@ kubectl:
 		(apt-get update && apt-get install -y kubernetes-client)) || echo "make kubectl: could" \
 		"not install kubernetes-client; the deploy/k8s test will skip"
 
+# The container image (Dockerfile) as $(IMAGE). With podman where it is installed, else docker:
+# podman needs no daemon, while a docker client often has none to talk to (CONTAINER_ENGINE=docker
+# to choose). BASE_IMAGE=... replaces the official Python base for both stages, e.g. a local
+# bookworm base where Docker Hub cannot be reached (docs/deployment.md). podman: the docker
+# format keeps the HEALTHCHECK (OCI images have none); the ulimits stay below a host's hard
+# limits (podman's defaults are above them on some hosts, and then every RUN step fails).
+# WHEELS=DIR (podman only): pip installs from wheels downloaded there beforehand, not from PyPI.
+.PHONY: image podman
+IMAGE ?= serving:latest
+CONTAINER_ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+PODMAN_BUILD_FLAGS ?= --format docker --ulimit nofile=1024:1024 --ulimit nproc=4096:4096
+image:
+	$(CONTAINER_ENGINE) build $(if $(filter podman,$(notdir $(CONTAINER_ENGINE))),$(PODMAN_BUILD_FLAGS)) \
+		$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+		$(if $(WHEELS),--volume $(abspath $(WHEELS)):/wheels:ro --build-arg PIP_NO_INDEX=1 \
+			--build-arg PIP_FIND_LINKS=/wheels) -t $(IMAGE) .
+
+# The image test alone (tests/deploy/test_image.py; not in `make test`: about 5 minutes cold,
+# 1.5 with the base and the layers cached; docs/development.md).
+.PHONY: test-image
+test-image: dev podman
+	SERVING_TEST_IMAGE=1 $(PY) -m pytest tests/deploy/test_image.py
+
+# podman, buildah and debootstrap for the image test (opt-in with SERVING_TEST_IMAGE=1),
+# Debian's packages; never fails: where they cannot be installed, that test skips and says why.
+podman:
+	@(command -v podman && command -v buildah && command -v debootstrap && \
+		command -v newuidmap) >/dev/null || (apt-get install -y podman buildah debootstrap uidmap || \
+		(apt-get update && apt-get install -y podman buildah debootstrap uidmap)) || echo \
+		"make podman: could not install podman, buildah, debootstrap or uidmap; the image test" \
+		"will skip"
+
 # `lint` fixes what it can; `check` only reads (CI-safe).
 lint: dev
 	$(VENV)/bin/ruff format serving tests bench gunicorn.conf.py

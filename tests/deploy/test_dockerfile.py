@@ -117,10 +117,24 @@ def test_image_is_built_in_two_stages_from_the_same_pinned_base(
     dockerfile: list[Instruction],
 ) -> None:
     bases = [args.split()[0] for args in args_of(dockerfile, "FROM")]
-    assert len(bases) == 2
-    assert len(set(bases)) == 1, "the venv only runs on the interpreter it was built with"
-    image, _, tag = bases[0].partition(":")
+    assert bases == ["${BASE_IMAGE}", "${BASE_IMAGE}"], "the venv only runs on its interpreter"
+    # The build argument is declared before the first FROM (global) with the official default.
+    first_from = next(i for i, ins in enumerate(dockerfile) if ins.keyword == "FROM")
+    (default,) = [
+        arg.removeprefix("BASE_IMAGE=")
+        for arg in args_of(dockerfile[:first_from], "ARG")
+        if arg.startswith("BASE_IMAGE=")
+    ]
+    image, _, tag = default.partition(":")
     assert image == "python" and tag.startswith("3.11.") and tag != "latest"
+
+
+def test_builder_makes_the_venv_with_python3_which_every_base_has(
+    dockerfile: list[Instruction],
+) -> None:
+    # Debian's python3 package has no `python`; the official image has both.
+    venvs = [args for args in args_of(dockerfile, "RUN") if "-m venv" in args]
+    assert venvs and all(args.startswith("python3 -m venv ") for args in venvs)
 
 
 def test_runtime_runs_as_a_fixed_non_root_numeric_uid(dockerfile: list[Instruction]) -> None:
