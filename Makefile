@@ -27,9 +27,12 @@ demo: venv
 run: demo
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
-# On both cores (pytest-xdist); the layer contracts and the docs build are tests too.
-test: dev browser nginx postgres kubectl
+# On both cores (pytest-xdist); the layer contracts and the docs build are tests too. Then the
+# image test alone (it takes both cores for minutes: beside the timing-bound tests it would
+# slow them); where podman cannot run, it skips and says why.
+test: dev browser nginx postgres kubectl podman
 	$(PY) -m pytest -n 2
+	SERVING_TEST_IMAGE=1 $(PY) -m pytest tests/deploy/test_image.py
 
 # Headless Chromium for the dashboard's browser test (Debian's package). Never fails: where it
 # cannot be installed, that one test skips and says why.

@@ -1,8 +1,8 @@
 """The image built and run with podman: ready in time, serving, uid 10001, read-only, SIGTERM.
 
-Opt-in (SERVING_TEST_IMAGE=1): a cold run makes a bookworm base with debootstrap and installs
-every pin into the image, minutes of both cores that would slow the timing-bound tests running
-beside it in `make test`. tests/deploy/podman.py says what podman needs on a machine like CI's.
+Runs with SERVING_TEST_IMAGE=1, which `make test` sets for it alone after the other tests: a
+cold run makes a bookworm base with debootstrap and installs every pin into the image, minutes
+of both cores that would slow the timing-bound tests if it ran beside them. tests/deploy/podman.py says what podman needs on a machine like CI's.
 One test, one container, steps in order: the stop must come last, and under pytest-xdist
 separate tests could each build the image on their own worker.
 """
@@ -51,7 +51,7 @@ def unused_port() -> int:
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     if os.environ.get("SERVING_TEST_IMAGE") != "1":
-        pytest.skip("opt-in: SERVING_TEST_IMAGE=1 builds and runs the image (docs/development.md)")
+        pytest.skip("runs alone after the others: SERVING_TEST_IMAGE=1 (make test sets it)")
     try:
         pm.check_available()
         base = pm.ensure_base(tmp_path_factory.mktemp("base"))
