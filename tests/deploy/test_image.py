@@ -2,7 +2,8 @@
 
 Runs with SERVING_TEST_IMAGE=1, which `make test` sets for it alone after the other tests: a
 cold run makes a bookworm base with debootstrap and installs every pin into the image, minutes
-of both cores that would slow the timing-bound tests if it ran beside them. tests/deploy/podman.py says what podman needs on a machine like CI's.
+of both cores that would slow the timing-bound tests if it ran beside them.
+tests/deploy/podman.py says what podman needs on a machine like CI's.
 One test, one container, steps in order: the stop must come last, and under pytest-xdist
 separate tests could each build the image on their own worker.
 """
