@@ -29,7 +29,9 @@ class Settings:
     statsd_host: str | None = "127.0.0.1"
     statsd_port: int = 8125
     statsd_prefix: str = "serving"
-    admin_token: str | None = None
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
+    # With it (or the admin token) set, POST /v1/feedback needs one of them as a bearer token.
+    feedback_token: str | None = dataclasses.field(default=None, repr=False)
     log_level: str = "INFO"
     # Refuse (False) or load with a loud warning (True) a version trained with another
     # scikit-learn version than the one installed: pickles are not portable across versions.
@@ -90,6 +92,7 @@ class Settings:
             statsd_port=reader.integer("SERVING_STATSD_PORT", 8125, low=1, high=65535),
             statsd_prefix=reader.text("SERVING_STATSD_PREFIX", "serving"),
             admin_token=reader.text("SERVING_ADMIN_TOKEN", "") or None,
+            feedback_token=reader.text("SERVING_FEEDBACK_TOKEN", "") or None,
             log_level=reader.choice("SERVING_LOG_LEVEL", "INFO", _LOG_LEVELS),
             allow_version_mismatch=reader.flag("SERVING_ALLOW_VERSION_MISMATCH", False),
             allow_pickle=reader.flag("SERVING_ALLOW_PICKLE", True),

@@ -7,6 +7,7 @@ for all of them.
 
 from __future__ import annotations
 
+import hmac
 import math
 import time
 from typing import Any
@@ -18,7 +19,7 @@ from serving.api.jsonio import json_response, read_json
 from serving.api.openapi import doc
 from serving.api.schemas import ErrorSchema
 from serving.api.state import get_state
-from serving.errors import InvalidInput, ModelNotFound
+from serving.errors import Forbidden, InvalidInput, ModelNotFound, Unauthorized
 from serving.rollouts.abtest import build_report
 from serving.store.model_store import DEFAULT_ALIAS, NAME_RE
 from serving.telemetry.datastore import WINDOW_RE, parse_window
@@ -117,6 +118,10 @@ class FeedbackResponseSchema(Schema):
         metadata={"description": "request ids with no logged prediction (not stored)"},
     )
     invalid_rows = fields.List(fields.Nested(FeedbackRowSchema), required=True)
+    overwritten = fields.Integer(
+        required=True,
+        metadata={"description": "accepted items that replaced an earlier truth of their row"},
+    )
 
 
 class ABQuerySchema(Schema):
@@ -208,7 +213,7 @@ class ABReportSchema(Schema):
 
 _REQUEST = FeedbackRequestSchema()
 _AB_QUERY = ABQuerySchema()
-_ERRORS = {status: ErrorSchema for status in (400, 413, 415, 422, 503)}
+_ERRORS = {status: ErrorSchema for status in (400, 401, 403, 413, 415, 422, 503)}
 
 
 @bp.post("/feedback")
@@ -217,8 +222,10 @@ _ERRORS = {status: ErrorSchema for status in (400, 413, 415, 422, 503)}
     "v1",
     {200: FeedbackResponseSchema, **_ERRORS},
     FeedbackRequestSchema,
+    security=[{}, {"bearer": []}],  # open until a feedback or admin token is configured
 )
 def post_feedback() -> Response:
+    _authorize_feedback()
     payload, _ = read_json(request)
     try:
         data = _REQUEST.load(payload)
@@ -240,8 +247,31 @@ def post_feedback() -> Response:
             "accepted": result.accepted,
             "unknown": result.unknown,
             "invalid_rows": result.invalid_rows,
+            "overwritten": result.overwritten,
         }
     )
+
+
+@bp.after_request
+def _challenge(response: Response) -> Response:
+    if response.status_code == 401 and request.path.endswith("/feedback"):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="serving feedback"'
+    return response
+
+
+def _authorize_feedback() -> None:
+    """With SERVING_FEEDBACK_TOKEN or SERVING_ADMIN_TOKEN set, feedback needs one of them as
+    `Authorization: Bearer <token>` (constant-time compare): 401 without, 403 wrong."""
+    settings = get_state().settings
+    tokens = [t for t in (settings.feedback_token, settings.admin_token) if t]
+    if not tokens:
+        return  # no token configured: open, as documented (set one before exposing it)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("send the feedback token as 'Authorization: Bearer <token>'")
+    if not any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens):
+        raise Forbidden("the bearer token is neither the feedback token nor the admin token")
 
 
 @bp.get("/models/<name>/ab")

@@ -27,6 +27,7 @@ class FeedbackResult:
     accepted: int
     unknown: list[str] = field(default_factory=list)  # request ids no prediction has
     invalid_rows: list[dict[str, Any]] = field(default_factory=list)  # row past the prediction's
+    overwritten: int = 0  # accepted items that replaced an earlier truth of their row
 
 
 def store_feedback(datastore: DataStore, items: Sequence[Feedback], now: float) -> FeedbackResult:
@@ -52,9 +53,17 @@ def store_feedback(datastore: DataStore, items: Sequence[Feedback], now: float) 
             invalid.append({"request_id": item.request_id, "row": item.row, "rows": rows})
             continue
         accepted.append((item.request_id, item.row, orjson.dumps(item.truth).decode(), item.kind))
+    overwritten = 0
     if accepted:
         accepted.sort(key=lambda values: values[:2])  # one lock order in every worker: no deadlock
         with datastore.transaction() as conn:
+            earlier = conn.execute(
+                "SELECT request_id, row FROM feedback WHERE request_id "
+                f"{datastore.engine.in_json_list()}",
+                (orjson.dumps(sorted({v[0] for v in accepted})).decode(),),
+            ).fetchall()
+            keys = {(str(rid), int(row)) for rid, row in earlier}
+            overwritten = sum((values[0], values[1]) in keys for values in accepted)
             conn.executemany(
                 "INSERT INTO feedback (request_id, row, truth, kind, at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (request_id, row) DO UPDATE SET truth = excluded.truth,"
@@ -62,4 +71,4 @@ def store_feedback(datastore: DataStore, items: Sequence[Feedback], now: float) 
                 [(*values, now) for values in accepted],
             )
     unknown = [rid for rid in ids if rid not in rows_of]
-    return FeedbackResult(len(accepted), unknown, invalid)
+    return FeedbackResult(len(accepted), unknown, invalid, overwritten)

@@ -325,7 +325,13 @@ class SQLiteRecorder(Recorder):
                 result.accepted + retry.accepted,
                 retry.unknown,
                 result.invalid_rows + retry.invalid_rows,
+                result.overwritten + retry.overwritten,
             )
+        if result.overwritten:
+            log.warning(
+                "feedback replaced the earlier truth of %d rows", result.overwritten,
+                extra={"event": "feedback_overwritten", "rows": result.overwritten},
+            )  # fmt: skip
         return result
 
 

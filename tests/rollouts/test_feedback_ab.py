@@ -5,6 +5,7 @@ The tests that read or write the store run on SQLite and on a real PostgreSQL (`
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -95,8 +96,8 @@ def test_feedback_single_and_batch_are_joined_with_logged_predictions(
         },
     )
     assert FeedbackResponseSchema().validate(batch.get_json()) == {}
-    assert one == {"accepted": 1, "unknown": [], "invalid_rows": []}
-    assert batch.get_json() == {"accepted": 3, "unknown": [], "invalid_rows": []}
+    assert one == {"accepted": 1, "unknown": [], "invalid_rows": [], "overwritten": 0}
+    assert batch.get_json() == {"accepted": 3, "unknown": [], "invalid_rows": [], "overwritten": 0}
     report = client.get("/v1/models/iris/ab").get_json()
     assert sum(v["feedback"]["labelled"] for v in report["variants"] if v["feedback"]) == 4
 
@@ -119,6 +120,7 @@ def test_feedback_reports_unknown_ids_and_rows_the_prediction_does_not_have(
         "accepted": 1,
         "unknown": ["never-seen"],
         "invalid_rows": [{"request_id": known, "row": 5, "rows": 1}],
+        "overwritten": 0,
     }
 
 
@@ -450,3 +452,46 @@ def test_an_unusable_data_dir_is_a_503_without_the_path(
     error = response.get_json()["error"]
     assert error["code"] == "data_store_unavailable" and str(tmp_path) not in error["message"]
     assert client.get("/v1/models/iris/ab").get_json()["variants"] == []  # nothing was logged
+
+
+# -- who may send feedback, and what an overwrite says ---------------------------------------
+
+
+@pytest.mark.parametrize("setting", ["feedback_token", "admin_token"])
+def test_with_a_token_set_feedback_needs_it(
+    split: ModelStore, make_app: Callable[..., Flask], setting: str
+) -> None:
+    client = make_app(**{setting: "s3cret"}).test_client()
+    label = {"request_id": predict(client, "k")["request_id"], "label": "setosa"}
+    missing = client.post("/v1/feedback", json=label)
+    assert missing.status_code == 401 and "Bearer" in missing.headers["WWW-Authenticate"]
+    wrong = client.post("/v1/feedback", json=label, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    assert wrong.get_json()["error"]["code"] == "forbidden"
+    good = client.post("/v1/feedback", json=label, headers={"Authorization": "Bearer s3cret"})
+    assert good.status_code == 200 and good.get_json()["accepted"] == 1
+
+
+def test_either_token_is_accepted_when_both_are_set(
+    split: ModelStore, make_app: Callable[..., Flask]
+) -> None:
+    client = make_app(feedback_token="labels", admin_token="admin").test_client()
+    label = {"request_id": predict(client, "k")["request_id"], "label": "setosa"}
+    for token in ("labels", "admin"):
+        reply = client.post(
+            "/v1/feedback", json=label, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert reply.status_code == 200
+
+
+def test_an_overwritten_label_is_counted_and_logged(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    request_id = predict(client, "k", rows=2)["request_id"]
+    first = [{"request_id": request_id, "label": "setosa", "row": r} for r in range(2)]
+    assert client.post("/v1/feedback", json={"feedback": first}).get_json()["overwritten"] == 0
+    again = [{"request_id": request_id, "label": "virginica", "row": 1}]
+    with caplog.at_level(logging.WARNING, logger="serving.telemetry.predlog"):
+        reply = client.post("/v1/feedback", json={"feedback": again}).get_json()
+    assert reply["accepted"] == 1 and reply["overwritten"] == 1
+    assert any(getattr(r, "event", None) == "feedback_overwritten" for r in caplog.records)
