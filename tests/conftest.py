@@ -185,12 +185,8 @@ ENGINES = ["sqlite", "postgresql"]
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[pg.Cluster]:
     """This test process's PostgreSQL server (each xdist worker has its own)."""
-    try:
-        cluster = pg.start_cluster()
-    except pg.Unavailable as exc:
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
-    yield cluster
-    cluster.remove()
+    with pg.cluster_or_skip() as cluster:
+        yield cluster
 
 
 @pytest.fixture

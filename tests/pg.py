@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 USER, PASSWORD = "serving", "pw-Secret-42"  # the password: tests check it never leaks
@@ -112,6 +113,21 @@ class Cluster:
         with contextlib.suppress(Unavailable):
             self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cluster_or_skip() -> Iterator[Cluster]:
+    """A running cluster for the block, removed after; the test skips, saying why, without."""
+    import pytest
+
+    try:
+        cluster = start_cluster()
+    except Unavailable as exc:
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 def start_cluster() -> Cluster:

@@ -10,7 +10,7 @@ from flask import Request, Response
 from marshmallow import Schema, ValidationError
 
 from serving.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
-from serving.protocols.strict_json import check_no_duplicate_keys
+from serving.protocols.strict_json import check_no_duplicate_keys, loads_lenient
 
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _JSON_TYPES = ("application/json",)
@@ -38,7 +38,7 @@ def read_json(request: Request) -> tuple[Any, bool]:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        payload = _lenient_loads(body)
+        payload = loads_lenient(body)
     check_no_duplicate_keys(body, payload)  # a repeated key is refused, never resolved
     tokens = body.count(b"true") + body.count(b"false")
     top_level = sum(type(v) is bool for v in payload.values()) if type(payload) is dict else 0
@@ -64,17 +64,6 @@ def _read_body(request: Request) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"request body too large: the limit is {limit} bytes")
     return b"".join(chunks)
-
-
-def _lenient_loads(body: bytes) -> Any:
-    try:
-        return json.loads(body)  # also takes NaN, Infinity and integers past 64 bits
-    except UnicodeDecodeError:
-        raise MalformedRequest("the request body is not valid UTF-8") from None
-    except ValueError as exc:
-        raise MalformedRequest(f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise MalformedRequest("malformed JSON: nested too deeply") from None
 
 
 def load_query(schema: Schema, request: Request) -> dict[str, Any]:

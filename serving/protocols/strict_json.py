@@ -22,6 +22,19 @@ _ONLY_DICTS = {dict}
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"(\s*:)?', re.S)
 
 
+def loads_lenient(body: bytes, what: str = "the request body") -> Any:
+    """The standard library's parse, for what orjson refuses: NaN, Infinity, integers past 64
+    bits (the schema then names the row they are in); MalformedRequest (400) otherwise."""
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise MalformedRequest(f"{what} is not valid UTF-8") from None
+    except ValueError as exc:
+        raise MalformedRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedRequest("malformed JSON: nested too deeply") from None
+
+
 def check_no_duplicate_keys(body: bytes, payload: Any) -> None:
     """Raise MalformedRequest (400) when `body`'s objects repeat a key; `payload` is its parse."""
     colons = body.count(b":")

@@ -7,7 +7,6 @@ in one go (`np.frombuffer` for binary tensors, never per value); the model's sch
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from serving.errors import InvalidInput, MalformedRequest
-from serving.protocols.strict_json import check_no_duplicate_keys
+from serving.protocols.strict_json import check_no_duplicate_keys, loads_lenient
 
 PREDICT, PROBA = "predict", "predict_proba"  # the outputs a request can ask for
 # Input datatypes a numeric model takes, as little-endian numpy dtypes (binary data is LE).
@@ -259,20 +258,9 @@ def _loads(raw: bytes) -> Any:
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        payload = _loads_lenient(raw)
+        payload = loads_lenient(raw, "the JSON header")
     check_no_duplicate_keys(raw, payload)
     return payload
-
-
-def _loads_lenient(raw: bytes) -> Any:
-    try:  # NaN/Infinity parse here, so the schema can say which row and feature hold them
-        return json.loads(raw)
-    except UnicodeDecodeError:
-        raise MalformedRequest("the JSON header is not valid UTF-8") from None
-    except ValueError as exc:
-        raise MalformedRequest(f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise MalformedRequest("malformed JSON: nested too deeply") from None
 
 
 def _flatten(messages: Any, prefix: str = "") -> str:

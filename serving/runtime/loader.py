@@ -151,7 +151,7 @@ class ModelLoader:
         """
         with self._lock:
             self._last_poll = self._clock()
-            self._outage: tuple[str, Exception] | None = None
+            self._outage = None
             try:
                 names = self._model_names()
             except StoreUnavailable as exc:
@@ -191,15 +191,12 @@ class ModelLoader:
         held.update((n, v) for n, s in states.items() for v in s.versions())
         if self._cache is not None:  # answers of versions no longer held go too
             self._cache.retain(held)
-        prune = getattr(self._store, "prune_cache", None)
-        if prune is not None:  # an object store's downloads: keep what this worker holds
-            prune(held)
+        self._store.prune_cache(held)  # an object store's downloads: keep what this worker holds
 
     def _model_names(self) -> list[str]:
         """The store's models: listed every poll, or every `list_interval` on an object store."""
-        every = getattr(self._store, "list_interval", 0.0)
         now = self._clock()
-        if self._names is None or now - self._listed_at >= every:
+        if self._names is None or now - self._listed_at >= self._store.list_interval:
             self._names, self._listed_at = self._store.list_models(), now
         return self._names
 

@@ -74,6 +74,7 @@ class StoreBase:
     """What every store does; subclasses supply the primitives named in the module doc."""
 
     location: str
+    list_interval = 0.0  # seconds between two listings by a worker's poller (0: every poll)
 
     # -- primitives (per backend) ---------------------------------------------------------
 
@@ -95,6 +96,17 @@ class StoreBase:
 
     def read_deployment(self, name: str) -> dict[str, Any]:
         raise NotImplementedError
+
+    def deployment_signature(self, name: str) -> object:
+        """What changes when the deployment does (None: never activated); workers poll it."""
+        raise NotImplementedError
+
+    def files_signature(self, name: str, version: int) -> tuple[int, ...]:
+        """What changes when a version's files do: a failed load is retried only then."""
+        raise NotImplementedError
+
+    def prune_cache(self, held: set[tuple[str, int]]) -> None:
+        """Keep any local copies of versions within bounds (a directory store has none)."""
 
     def history(self, name: str) -> list[dict[str, Any]]:
         raise NotImplementedError

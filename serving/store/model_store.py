@@ -54,8 +54,6 @@ ARTIFACT_NAME = "model.joblib"
 class ModelStore(StoreBase):
     """Reads and writes one store root. Cheap to build; holds no open files."""
 
-    list_interval = 0.0  # listing a directory is cheap: workers may list on every poll
-
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.location = str(self.root)

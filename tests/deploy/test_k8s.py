@@ -33,6 +33,7 @@ from serving.api.state import get_state
 from serving.app import create_app
 from serving.settings import Settings
 from tests.deploy.test_dockerfile import args_of, final_stage, parse
+from tests.recording_env import RecordingEnv
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -237,30 +238,9 @@ def _gunicorn_config(env: str) -> str:
     return result.stdout.splitlines()[-1]
 
 
-class _RecordingEnv(Mapping[str, str]):
-    def __init__(self, values: Mapping[str, str]) -> None:
-        self._values = dict(values)
-        self.asked: set[str] = set()
-
-    def __getitem__(self, key: str) -> str:
-        self.asked.add(key)
-        return self._values[key]
-
-    def __contains__(self, key: object) -> bool:
-        if isinstance(key, str):
-            self.asked.add(key)
-        return key in self._values
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-
 def settings_of(env: Mapping[str, str]) -> tuple[Settings, set[str]]:
     """Settings.from_env on the pod's environment (raises on a bad value), and what it read."""
-    recording = _RecordingEnv(env)
+    recording = RecordingEnv(env)
     return Settings.from_env(recording), recording.asked
 
 

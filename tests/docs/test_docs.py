@@ -7,12 +7,12 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from serving.settings import Settings
+from tests.recording_env import RecordingEnv
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -33,31 +33,8 @@ _FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 _LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 
 
-class _RecordingEnv(Mapping[str, str]):
-    """An environment that remembers every variable name the code asks it for."""
-
-    def __init__(self, values: Mapping[str, str] | None = None) -> None:
-        self._values = dict(values or {})
-        self.asked: set[str] = set()
-
-    def __getitem__(self, key: str) -> str:
-        self.asked.add(key)
-        return self._values[key]
-
-    def __contains__(self, key: object) -> bool:
-        if isinstance(key, str):
-            self.asked.add(key)
-        return key in self._values
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-
 def _settings_variables() -> set[str]:
-    env = _RecordingEnv()
+    env = RecordingEnv()
     Settings.from_env(env)
     return env.asked
 

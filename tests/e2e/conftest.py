@@ -41,6 +41,13 @@ _OWN_VARS = ("HOST", "PORT", "WEB_CONCURRENCY")
 _OWN_PREFIXES = ("SERVING_", "GUNICORN_")
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 # -- the command line ------------------------------------------------------------------------
 
 

@@ -108,12 +108,8 @@ def test_two_replicas_on_one_database_sum_in_the_ab_report_drift_and_traffic(
 @pytest.fixture
 def own_cluster() -> Iterator[pg.Cluster]:
     """A PostgreSQL server of this test alone: it is stopped and started again."""
-    try:
-        cluster = pg.start_cluster()
-    except pg.Unavailable as exc:
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
-    yield cluster
-    cluster.remove()
+    with pg.cluster_or_skip() as cluster:
+        yield cluster
 
 
 class _Load:

@@ -25,6 +25,7 @@ from .conftest import (
     POLL_INTERVAL,
     REPO,
     GunicornServer,
+    free_port,
     http_request,
     predict,
     run_cli,
@@ -39,12 +40,6 @@ REPLICAS = 3
 CLIENTS = 4
 STALLED = 50
 TEMPLATES = REPO / "deploy" / "nginx"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -183,11 +178,11 @@ def fleet(
             "SERVING_CACHE_DIR": str(tmp_path / f"cache-{i}"),
             "SERVING_DATABASE_URL": postgres_url,
         }
-        env = server_env(tmp_path, _free_port(), workers=1, extra=machine)
-        env["PORT"] = str(_free_port())
+        env = server_env(tmp_path, free_port(), workers=1, extra=machine)
+        env["PORT"] = str(free_port())
         replicas.append(Replica(env, start_server).start())
     (tmp_path / "nginx").mkdir()
-    nginx = Nginx(tmp_path / "nginx", _free_port(), _free_port())
+    nginx = Nginx(tmp_path / "nginx", free_port(), free_port())
     nginx.start([r.port for r in replicas], max_body=8 * 1024 * 1024)
     yield replicas, nginx, store
     nginx.stop()

@@ -6,7 +6,6 @@ and an object store that goes away and comes back costs no prediction."""
 from __future__ import annotations
 
 import itertools
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from .conftest import (
     IRIS_ROW,
     POLL_INTERVAL,
     GunicornServer,
+    free_port,
     http_request,
     predict,
     run_cli,
@@ -29,12 +29,6 @@ from .conftest import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -90,7 +84,7 @@ def _replicas(
             "SERVING_DATA_DIR": str(machine / "data"),
             "SERVING_CACHE_DIR": str(machine / "cache"),
         }
-        servers.append(start_server(server_env(machine, _free_port(), workers=2, extra=extra)))
+        servers.append(start_server(server_env(machine, free_port(), workers=2, extra=extra)))
     return servers
 
 

@@ -136,12 +136,8 @@ def test_a_connection_the_server_ended_is_replaced_and_its_batch_kept(
 @pytest.fixture
 def own_cluster() -> Iterator[pg.Cluster]:
     """A PostgreSQL server of this test alone: it is stopped and started again."""
-    try:
-        cluster = pg.start_cluster()
-    except pg.Unavailable as exc:
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
-    yield cluster
-    cluster.remove()
+    with pg.cluster_or_skip() as cluster:
+        yield cluster
 
 
 def _predict(app: Flask, n: int) -> None:
