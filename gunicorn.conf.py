@@ -36,13 +36,40 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 # Pending connections the kernel queues while every worker is busy (64-2048).
 backlog = int(os.environ.get("GUNICORN_BACKLOG", "2048"))
 
-# --- workers ----------------------------------------------------------------------------------
-# Sync workers: prediction is CPU-bound, one request per process at a time. Default: one per core
-# (2-4 x cores only helps when requests wait on I/O, which ours do not).
-# GUNICORN_WORKER_CLASS=gthread with GUNICORN_THREADS=2-4 keeps HTTP connections open
-# (keep-alive) for clients with connection pools; README "Performance" has both measured.
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+# --- workers ---------------------------------------------------------------------------------
+# gevent workers by default: each connection is a greenlet, so a client that stalls mid-headers
+# or mid-body (a slow link, or an attacker holding connections open) waits without holding the
+# worker while the others are served. Prediction stays CPU-bound: one request computes at a
+# time per process, so scale with workers (one per core), not connections. Measured against
+# sync and gthread, calm and with 50 stalled clients: docs/performance.md "Slow clients".
+#   gevent  - the default; safe to expose directly; keep-alive.
+#   sync    - one connection at a time: a stalled client idles the whole worker until
+#             `timeout`. Only behind a buffering proxy (nginx) that sends complete requests.
+#   gthread - GUNICORN_THREADS (2-4) connections at a time, keep-alive; stalls as sync does
+#             once every thread waits on a slow client.
+# Each name maps to gunicorn's class with our JSON error answers (serving/api/workers.py).
+_WORKER_CLASSES = {
+    "gevent": "serving.api.gevent_worker.GeventWorker",
+    "sync": "serving.api.workers.SyncWorker",
+    "gthread": "serving.api.workers.ThreadWorker",
+}
+_worker_kind = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
+if _worker_kind not in _WORKER_CLASSES:
+    raise SystemExit(
+        f"GUNICORN_WORKER_CLASS={_worker_kind!r}: choose one of {', '.join(_WORKER_CLASSES)}"
+    )
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+# gunicorn turns sync with threads > 1 into its own plain gthread class (HTML errors): make
+# that switch here, to ours.
+if _worker_kind == "sync" and threads > 1:
+    _worker_kind = "gthread"
+worker_class = _WORKER_CLASSES[_worker_kind]
+# gevent: open connections per worker, stalled ones included; past it the worker stops
+# accepting and new ones wait in the backlog. Each costs a greenlet and a file descriptor
+# (a few KiB): 1000 (gunicorn's default) x 2 workers stays under the usual 4096 fd limit and
+# makes an attacker hold 2000 connections, each for at most `keepalive` s (headers) or 30 s
+# (a body, serving.api.gevent_worker.BODY_TIMEOUT), to starve the server (100-10000).
+worker_connections = 1000
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 # Recycle a worker after this many requests (+ jitter so they do not all restart together)
 # to bound slow leaks in third-party code. 0 disables. A restarted worker loads the current
@@ -59,8 +86,25 @@ max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "10000"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 # On SIGTERM, workers finish in-flight requests for up to this long before being killed (10-60).
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
-# Sync workers close the connection after each response; keep-alive applies to other classes.
+# Seconds an idle kept-alive connection stays open (1-75; sync workers close after each
+# response). gevent also allows this long for a request's headers to arrive, from the
+# connection's opening: a client that stalls mid-headers is dropped after it. Keep it > 0 with
+# gevent (0 would let headers take forever).
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+
+# --- request limits ---------------------------------------------------------------------------
+# gunicorn refuses what exceeds these before the app runs, in our JSON error shape (414, 431).
+# The request line: our longest route (/v1/models/<64-char name>/versions/<n>/predict) is
+# ~110 bytes and the monitoring query strings a few dozen; 4094 (gunicorn's default; its
+# maximum is 8190) leaves room for tracing parameters and refuses URLs used as a payload.
+limit_request_line = 4094
+# Header count: a client sends ~5-15 headers, a proxy chain adds a few (X-Forwarded-*,
+# traceparent); 50 leaves ample room and halves gunicorn's 100 (range 32-100).
+limit_request_fields = 50
+# One header's size: the admin bearer token, traceparent/baggage and a cookie on the dashboard's
+# domain fit in 8190 (gunicorn's default, the size nginx and most proxies forward by default)
+# (4096-16380).
+limit_request_field_size = 8190
 
 # --- files ------------------------------------------------------------------------------------
 # The heartbeat file lives in RAM: on a disk-backed /tmp a slow disk can stall the heartbeat and
