@@ -152,6 +152,26 @@ def http_request(
     return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, parsed, raw)
 
 
+def raw_request(port: int, data: bytes, timeout: float = 10.0) -> Reply:
+    """Send `data` as is on a new connection (for requests http.client refuses to send) and
+    read the reply to EOF; the server must close the connection after it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines if ": " in line)
+    try:
+        parsed = json.loads(body) if body else None
+    except ValueError:
+        parsed = None
+    return Reply(
+        int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, parsed, body
+    )
+
+
 def predict(port: int, rows: list[list[float]], name: str = "iris", **kwargs: Any) -> Reply:
     return http_request(port, "POST", f"/v1/models/{name}/predict", {"instances": rows}, **kwargs)
 
