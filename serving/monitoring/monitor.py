@@ -40,6 +40,7 @@ from serving.settings import Settings
 from serving.store.base import StoreBase
 from serving.store.open import store_from_settings
 from serving.telemetry.datastore import DataStore
+from serving.telemetry.threads import Daemon, start_daemon
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class Monitor:
         self._traffic_counts: Counter[traffic.Key] = Counter()
         self._profiles: dict[tuple[str, int], Profile | None] = {}
         self._pid = -1
-        self._thread: threading.Thread | None = None
+        self._thread: Daemon | None = None
         self._stop = threading.Event()
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -141,8 +142,8 @@ class Monitor:
             self._traffic_counts = Counter()
             self._flush_lock = threading.Lock()
             self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
-            self._thread.start()
+            # An OS thread even under gevent: its database writes must not stall requests.
+            self._thread = start_daemon(self._run, "drift-monitor")
             self._pid = os.getpid()
             atexit.register(self._exit_flush, self._pid)  # a worker stopping cleanly
             return True

@@ -5,6 +5,10 @@ signal handler between two bytecodes: the alarm's handler raises RequestTimeout,
 the prediction like any error, so the client gets a 504 in its protocol's shape and the worker
 serves the next request. Arming costs two `setitimer` calls per prediction.
 
+gevent workers run every request in a greenlet on that same main OS thread, so the alarm
+works there too. A greenlet that waits on I/O while armed lets others run: if the alarm lands in
+one of them, it is re-armed for a moment instead, and raised in the greenlet that armed it.
+
 Limits: one long call into C (a single huge matrix product) is interrupted only when it
 returns; in a thread (gthread workers, a test client in a thread) there is no alarm and no
 deadline, and gunicorn's own `timeout` (which kills the worker) stays the last resort.
@@ -19,6 +23,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from greenlet import getcurrent
+
 from serving.errors import ServingError
 
 
@@ -29,13 +35,17 @@ class RequestTimeout(ServingError):
     code = "request_timeout"
 
 
-_state: dict[str, Any] = {"armed": False, "seconds": 0.0, "pid": -1}
-_MAIN = threading.main_thread()
+_state: dict[str, Any] = {"armed": False, "seconds": 0.0, "pid": -1, "main": -1, "owner": None}
 _REAL, _setitimer = signal.ITIMER_REAL, signal.setitimer
+# Seconds before a second try when the alarm lands in a greenlet other than the one armed.
+_RETRY_S = 0.01
 
 
 def _expired(signum: int, frame: Any) -> None:
     if _state["armed"]:
+        if getcurrent() is not _state["owner"]:  # another greenlet runs: not its deadline
+            _setitimer(_REAL, _RETRY_S)
+            return
         _state["armed"] = False
         raise RequestTimeout(
             f"the prediction took longer than SERVING_REQUEST_TIMEOUT={_state['seconds']:g} s",
@@ -46,18 +56,29 @@ def _expired(signum: int, frame: Any) -> None:
 def arm(seconds: float | None) -> bool:
     """Raise RequestTimeout in this thread once `seconds` pass; False when it cannot (not the
     main thread, or no deadline). Whoever arms calls `disarm()` in a `finally`."""
-    if not seconds or threading.current_thread() is not _MAIN:
+    if not seconds or (_state["pid"] != os.getpid() and not _install()):
         return False
-    if _state["pid"] != os.getpid():  # once per process, after the fork
-        signal.signal(signal.SIGALRM, _expired)
-        _state["pid"] = os.getpid()
-    _state["seconds"], _state["armed"] = seconds, True
+    # The OS thread, not threading's view of it: gevent makes every greenlet a "thread".
+    if threading.get_native_id() != _state["main"]:
+        return False
+    _state["seconds"], _state["owner"], _state["armed"] = seconds, getcurrent(), True
     _setitimer(_REAL, seconds)
     return True
 
 
+def _install() -> bool:
+    """Once per process (after the fork), from its main OS thread: the alarm's handler.
+    (`threading.main_thread()` may still name the parent's thread after a fork.)"""
+    try:
+        signal.signal(signal.SIGALRM, _expired)
+    except ValueError:  # not the main thread: Python runs signal handlers only there
+        return False
+    _state["pid"], _state["main"] = os.getpid(), threading.get_native_id()
+    return True
+
+
 def disarm() -> None:
-    _state["armed"] = False
+    _state["armed"], _state["owner"] = False, None
     _setitimer(_REAL, 0)
 
 

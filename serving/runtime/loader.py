@@ -36,6 +36,7 @@ from serving.store.deployment import variant_name
 from serving.store.history import earlier_versions
 from serving.store.model_store import DEFAULT_ALIAS
 from serving.telemetry.metrics import Metrics
+from serving.telemetry.threads import Daemon, start_daemon
 
 log = logging.getLogger(__name__)
 _RETRY = object()  # the signature of a state to reconcile again at the next poll
@@ -78,7 +79,7 @@ class ModelLoader:
         self._health = StoreHealth(metrics, poll_interval)
         self._outage: tuple[str, Exception] | None = None  # this poll's first store failure
         self._transient = False
-        self._thread: threading.Thread | None = None
+        self._thread: Daemon | None = None
         self._thread_pid = -1
         self._stop = threading.Event()
 
@@ -380,8 +381,7 @@ class ModelLoader:
             return
         self._thread_pid = os.getpid()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)
-        self._thread.start()
+        self._thread = start_daemon(self._poll_forever, "model-poller")  # OS thread under gevent
 
     def stop_polling(self) -> None:
         self._stop.set()

@@ -36,6 +36,7 @@ from serving.telemetry.datastore import DataStore
 from serving.telemetry.feedback import Feedback, FeedbackResult, store_feedback
 from serving.telemetry.predlog_schema import COMPONENT, MIGRATIONS
 from serving.telemetry.recorder import PredictionRecord, Recorder
+from serving.telemetry.threads import Daemon, start_daemon
 
 OnDrop = Callable[[str, int], None]  # (component, how many lost): the drop metric
 
@@ -111,7 +112,7 @@ class SQLiteRecorder(Recorder):
         self._clock = clock
         self._queue: deque[PredictionRecord] = deque()
         self._pid = -1  # the process whose writer thread is running
-        self._thread: threading.Thread | None = None
+        self._thread: Daemon | None = None
         self._stop = threading.Event()
         self._start_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -153,8 +154,8 @@ class SQLiteRecorder(Recorder):
             self._queue = deque()
             self._write_lock = threading.Lock()
             self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-            self._thread.start()
+            # An OS thread even under gevent: a commit blocked in SQLite must not stall requests.
+            self._thread = start_daemon(self._run, "prediction-log")
             self._pid = os.getpid()
             return True
 
