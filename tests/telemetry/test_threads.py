@@ -1,0 +1,80 @@
+"""Background writers under gevent: a prediction log commit stuck in SQLite (another process
+holds the database's lock) must not stall the worker's other greenlets, which serve requests.
+
+gevent monkey-patches the whole process, so the gevent side runs in a child Python."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+from serving.telemetry.datastore import DB_FILE
+from serving.telemetry.threads import gevent_patched, start_daemon
+
+# The child: patch like gunicorn's gevent worker, queue one record (its writer then blocks on
+# the lock the parent holds), and measure how late a 10 ms gevent.sleep wakes meanwhile.
+_CHILD = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+    import json, sys, time
+    from pathlib import Path
+    import gevent
+    from serving.telemetry.datastore import DataStore
+    from serving.telemetry.predlog import SQLiteRecorder
+    from serving.telemetry.recorder import PredictionRecord
+
+    recorder = SQLiteRecorder(DataStore(Path(sys.argv[1])), flush_interval=0.05)
+    record = PredictionRecord("r1", time.time(), "m", 1, None, None, 200, 1.0, 1, [[1]], [0])
+    recorder.record(record)
+    print("ready", flush=True)
+    worst, until = 0.0, time.monotonic() + 1.5
+    while time.monotonic() < until:
+        started = time.monotonic()
+        gevent.sleep(0.01)
+        worst = max(worst, time.monotonic() - started)
+    for _ in range(500):  # the parent let go of the lock: the record is written
+        if recorder.written:
+            break
+        gevent.sleep(0.01)
+    print(json.dumps({"worst_wake_s": worst, "written": recorder.written}), flush=True)
+    """
+)
+
+
+def test_a_blocked_commit_does_not_stall_greenlets_under_gevent(tmp_path: Path) -> None:
+    holder = sqlite3.connect(tmp_path / DB_FILE, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # a slow commit of another process, for 2 s
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(2.0)
+        holder.execute("ROLLBACK")
+        out, _ = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        holder.close()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["written"] == 1, result
+    # A writer on the hub's thread would hold every greenlet until the lock went (~2 s).
+    assert result["worst_wake_s"] < 0.5, result
+
+
+def test_without_gevent_a_daemon_is_a_plain_thread() -> None:
+    assert not gevent_patched()
+    done = threading.Event()
+    daemon = start_daemon(done.set, "test-daemon")
+    daemon.join(timeout=5)
+    assert done.is_set() and not daemon.is_alive()
+    assert isinstance(daemon, threading.Thread) and daemon.daemon
