@@ -9,6 +9,8 @@ what differs between the two engines).
 
 A connection is never shared between processes or threads: `connect()` opens one per
 (process, thread) on first use, so nothing is opened at import or in the gunicorn master.
+Under gevent workers a "thread" is a greenlet (one per client connection): the connection of a
+greenlet or thread that ended is closed when the next one is opened, so they do not pile up.
 A PostgreSQL connection that broke (the server restarted) is replaced on the next use; while
 the server cannot be reached, connection attempts back off exponentially (capped) and fail
 fast in between with DataStoreError, which writers treat as "keep it for later".
@@ -25,9 +27,12 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from greenlet import getcurrent
 
 from serving.errors import InvalidInput, ServingError
 from serving.telemetry.engines import Engine, PostgresEngine, mask_url
@@ -69,6 +74,8 @@ class DataStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[tuple[int, Any]] = []
+        # Who opened each of this process's connections (a thread's or a request's greenlet).
+        self._owners: list[tuple[int, weakref.ref[Any], Any]] = []
         # Connections inherited through fork() are kept referenced and never touched: closing
         # a copy of another process's SQLite handle could disturb that process's locks, and
         # closing a PostgreSQL one would end the parent's session.
@@ -94,11 +101,27 @@ class DataStore:
                 self._inherited.extend(c for p, c in self._connections if p != pid)
                 self._connections = [(p, c) for p, c in self._connections if p == pid]
                 self._schemas = {key for key in self._schemas if key[0] == pid}
+        self._reap(pid)
         conn = self._open() if self.url is None else self._open_postgres(self.url)
         self._local.conn, self._local.pid = conn, pid
         with self._lock:
             self._connections.append((pid, conn))
+            self._owners.append((pid, weakref.ref(getcurrent()), conn))
         return conn
+
+    def _reap(self, pid: int) -> None:
+        """Close this process's connections whose greenlet or thread has ended."""
+        with self._lock:
+            mine = [entry for entry in self._owners if entry[0] == pid]
+            gone = [conn for _, owner, conn in mine if _ended(owner)]
+            if not gone:
+                return
+            ids = {id(conn) for conn in gone}
+            self._owners = [entry for entry in self._owners if id(entry[2]) not in ids]
+            self._connections = [(p, c) for p, c in self._connections if id(c) not in ids]
+        for conn in gone:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def backing_off(self) -> bool:
         """True while waiting to try an unreachable database again: writers keep their data
@@ -229,11 +252,17 @@ class DataStore:
         with self._lock:
             mine = [c for p, c in self._connections if p == pid]
             self._connections = [(p, c) for p, c in self._connections if p != pid]
+            self._owners = [entry for entry in self._owners if entry[0] != pid]
             self._schemas = {key for key in self._schemas if key[0] != pid}
         for conn in mine:
             with contextlib.suppress(Exception):
                 conn.close()
         self._local = threading.local()
+
+
+def _ended(owner: weakref.ref[Any]) -> bool:
+    current = owner()
+    return current is None or bool(current.dead)
 
 
 def parse_window(text: str) -> float:

@@ -78,3 +78,41 @@ def test_without_gevent_a_daemon_is_a_plain_thread() -> None:
     daemon.join(timeout=5)
     assert done.is_set() and not daemon.is_alive()
     assert isinstance(daemon, threading.Thread) and daemon.daemon
+
+
+# The child: 50 greenlets (as 50 client connections of a gevent worker) each use the store
+# once and end; then the SQLite files this process holds open are counted.
+_READERS = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+    import os, sys
+    from pathlib import Path
+    import gevent
+    from serving.telemetry.datastore import DataStore
+
+    store = DataStore(Path(sys.argv[1]))
+    with store.transaction() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+    for _ in range(50):
+        gevent.spawn(lambda: store.connect().execute("SELECT count(*) FROM t")).join()
+    store.connect()  # a new greenlet-less use: the ended greenlets' connections are closed
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):  # the listing's own descriptor is gone by now
+        if os.path.exists(f"/proc/self/fd/{fd}"):
+            held += os.readlink(f"/proc/self/fd/{fd}").endswith("serving.db")
+    print(held, flush=True)
+    """
+)
+
+
+def test_connections_of_ended_greenlets_are_closed(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _READERS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    # The main greenlet's connection and the last reader's at most: not one per greenlet.
+    assert int(out.strip().splitlines()[-1]) <= 3, out
