@@ -60,3 +60,41 @@ def test_no_deadline_when_it_is_off(
     client = make_app(request_timeout=0.0).test_client()
     response = client.post("/v1/models/slow/predict", json={"instances": [BAD]})
     assert response.status_code == 200
+
+
+def _busy(seconds: float) -> None:
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        pass
+
+
+def test_the_deadline_lands_in_the_greenlet_that_armed_it() -> None:
+    """gevent workers: greenlets share the main OS thread. An alarm that fires while another
+    greenlet runs is not that one's error; it reaches the armed greenlet when that one runs."""
+    from greenlet import greenlet
+
+    from serving.runtime import deadline
+
+    seen: list[str] = []
+
+    def armed() -> None:
+        assert deadline.arm(0.1)
+        try:
+            bystander.switch()  # as if the prediction waited on I/O
+            _busy(2.0)
+            seen.append("armed: no timeout")
+        except deadline.RequestTimeout:
+            seen.append("armed: timeout")
+        finally:
+            deadline.disarm()
+
+    def other() -> None:
+        _busy(0.3)  # the alarm fires while this greenlet runs
+        seen.append("bystander: done")
+        first.switch()
+
+    first, bystander = greenlet(armed), greenlet(other)
+    started = time.monotonic()
+    first.switch()
+    assert seen == ["bystander: done", "armed: timeout"]
+    assert time.monotonic() - started < 1.0

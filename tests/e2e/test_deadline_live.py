@@ -1,4 +1,4 @@
-"""SERVING_REQUEST_TIMEOUT on real gunicorn sync workers: a poisoned request that would run for
+"""SERVING_REQUEST_TIMEOUT on real gunicorn workers (gevent, the default): a poisoned request that would run for
 30 s answers 504 in our shape at the deadline, and the worker that took it lives on (gunicorn's
 own timeout, which would kill it, never fires)."""
 
