@@ -1,6 +1,6 @@
-"""SERVING_REQUEST_TIMEOUT on real gunicorn workers (gevent, the default): a poisoned request that would run for
-30 s answers 504 in our shape at the deadline, and the worker that took it lives on (gunicorn's
-own timeout, which would kill it, never fires)."""
+"""SERVING_REQUEST_TIMEOUT on real gunicorn workers (gevent, the default): a poisoned request
+that would run for 30 s answers 504 in our shape at the deadline, and the worker that took it
+lives on (gunicorn's own timeout, which would kill it, never fires)."""
 
 from __future__ import annotations
 
