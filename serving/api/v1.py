@@ -11,6 +11,7 @@ from marshmallow import ValidationError
 from serving import dataplane
 from serving.api.jsonio import json_response, read_json
 from serving.api.openapi import doc
+from serving.api.operators import shows_operators, without_operators
 from serving.api.schemas import (
     ErrorSchema,
     ModelDetailSchema,
@@ -70,7 +71,7 @@ def show_model(name: str) -> Response:
 @doc("A version's metadata", "v1", {200: VersionMetadataSchema, 404: ErrorSchema})
 def show_version(name: str, version: int) -> Response:
     metadata = get_state().store.read_metadata(name, version)
-    return json_response(metadata)
+    return json_response(metadata if shows_operators() else without_operators(metadata))
 
 
 def _load_envelope() -> tuple[dict[str, Any], bool]:

@@ -105,6 +105,9 @@ class StoreBase:
 
     location: str
     list_interval = 0.0  # seconds between two listings by a worker's poller (0: every poll)
+    # Record who registered a version (`created_by`: the actor, by default user@host) in its
+    # metadata; SERVING_RECORD_CREATED_BY=false (or `register --no-created-by`) omits it.
+    record_created_by = True
 
     # -- primitives (per backend) ---------------------------------------------------------
 
@@ -186,6 +189,7 @@ class StoreBase:
         extra: dict[str, Any] | None = None,
         actor: str | None = None,
         policy: ArtifactPolicy | None = None,  # None: SERVING_ALLOW_PICKLE decides, no skops
+        created_by: bool | None = None,  # None: as `record_created_by` says
     ) -> int:
         """Copy `artifact` in as the next version (with metadata) and return its number."""
         from serving.store import candidate  # scikit-learn and pandas: only for writers
@@ -203,7 +207,7 @@ class StoreBase:
                 **(extra or {}),
             }
             return self.register_prepared(
-                name, ready.path, metadata, ready.target, activate=activate, actor=actor
+                name, ready.path, metadata, ready.target, activate, actor, created_by
             )
 
     def register_prepared(
@@ -214,16 +218,14 @@ class StoreBase:
         target: str,
         activate: bool = False,
         actor: str | None = None,
+        created_by: bool | None = None,
     ) -> int:
         """Publish an artifact whose metadata the caller built (a compiled model) as a version."""
         validate_name(name)
-        metadata = {
-            **metadata,
-            "name": name,
-            "artifact": target,
-            "created_at": now_iso(),
-            "created_by": actor or default_actor(),
-        }
+        metadata = {**metadata, "name": name, "artifact": target, "created_at": now_iso()}
+        metadata.pop("created_by", None)  # a compiled model's source's: not this version's
+        if self.record_created_by if created_by is None else created_by:
+            metadata["created_by"] = actor or default_actor()
         version = self._publish_new(name, Path(artifact), metadata, target)
         self._record(name, "register", actor, version=version)
         if activate:
