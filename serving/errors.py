@@ -96,6 +96,17 @@ class StoreUnavailable(StoreError):
     code = "store_unavailable"
 
 
+class DeploymentDamaged(StoreError):
+    """A model's deployment record cannot be read (not JSON, or not the documented shape).
+
+    Refused like a damaged artifact: workers keep serving the last good deployment; the
+    operator repairs the file (or restores it from history.jsonl, see docs/operations.md).
+    """
+
+    status_code = 503
+    code = "deployment_damaged"
+
+
 class StoreConflict(StoreError):
     """Concurrent writers kept changing a deployment; this change was not applied."""
 

@@ -39,6 +39,9 @@ class Settings:
     # Unpickle joblib/pickle artifacts (True) or never (False): then only skops and ONNX
     # versions serve, and register, batch, show and optimize refuse joblib files too.
     allow_pickle: bool = True
+    # Record the registering operator (`--actor`, else user@host) as `created_by` in a
+    # version's metadata (False: omitted). Shown only to the admin when an admin token is set.
+    record_created_by: bool = True
     # Pinned-version requests for versions no alias deploys are loaded on demand and kept
     # in a small per-worker LRU cache of this size (0 = only deployed versions are served).
     pinned_cache_size: int = 2
@@ -96,6 +99,7 @@ class Settings:
             log_level=reader.choice("SERVING_LOG_LEVEL", "INFO", _LOG_LEVELS),
             allow_version_mismatch=reader.flag("SERVING_ALLOW_VERSION_MISMATCH", False),
             allow_pickle=reader.flag("SERVING_ALLOW_PICKLE", True),
+            record_created_by=reader.flag("SERVING_RECORD_CREATED_BY", True),
             pinned_cache_size=reader.integer("SERVING_PINNED_CACHE_SIZE", 2, low=0, high=64),
             array_input=reader.flag("SERVING_ARRAY_INPUT", True),
             fast_kernels=reader.flag("SERVING_FAST_KERNELS", True),

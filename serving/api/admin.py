@@ -31,7 +31,7 @@ from serving.errors import Forbidden, InvalidInput, ModelNotFound, Unauthorized
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 _SECURITY = [{"bearer": []}]
-_ERRORS = {status: ErrorSchema for status in (400, 401, 403, 404, 415, 422)}
+_ERRORS = {status: ErrorSchema for status in (400, 401, 403, 404, 415, 422, 503)}
 _CHANGE = {200: AdminChangeSchema, **_ERRORS}
 
 

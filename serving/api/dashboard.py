@@ -15,6 +15,7 @@ from marshmallow import INCLUDE, RAISE, Schema, fields, validate
 from serving.api.jsonio import json_response, load_query
 from serving.api.monitoring import HistogramSchema, monitored_datastore
 from serving.api.openapi import doc
+from serving.api.operators import shows_operators, without_operators
 from serving.api.schemas import ErrorSchema
 from serving.api.state import get_monitor, get_state
 from serving.monitoring.dashboard import build_dashboard
@@ -200,6 +201,8 @@ def dashboard_data() -> Response:
             query["model"],
         )
     body["monitoring"] = get_monitor() is not None
+    if not shows_operators():
+        body["swaps"] = [without_operators(event) for event in body["swaps"]]
     return json_response(body, headers={"Cache-Control": "no-store"})
 
 

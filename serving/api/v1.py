@@ -11,6 +11,7 @@ from marshmallow import ValidationError
 from serving import dataplane
 from serving.api.jsonio import json_response, read_json
 from serving.api.openapi import doc
+from serving.api.operators import shows_operators, without_operators
 from serving.api.schemas import (
     ErrorSchema,
     ModelDetailSchema,
@@ -20,7 +21,7 @@ from serving.api.schemas import (
     VersionMetadataSchema,
 )
 from serving.api.state import get_state
-from serving.errors import InvalidInput, ModelNotFound
+from serving.errors import DeploymentDamaged, InvalidInput, ModelNotFound
 from serving.runtime.model import ModelState
 from serving.store.model_store import DEFAULT_ALIAS
 
@@ -52,14 +53,14 @@ def predict_version(name: str, version: int) -> Response:
 
 
 @bp.get("/models")
-@doc("List models", "v1", {200: ModelListSchema})
+@doc("List models", "v1", {200: ModelListSchema, 503: ErrorSchema})
 def list_models() -> Response:
     state = get_state()
     return json_response({"models": [_model_summary(name) for name in state.store.list_models()]})
 
 
 @bp.get("/models/<name>")
-@doc("Describe a model", "v1", {200: ModelDetailSchema, 404: ErrorSchema})
+@doc("Describe a model", "v1", {200: ModelDetailSchema, 404: ErrorSchema, 503: ErrorSchema})
 def show_model(name: str) -> Response:
     if not get_state().store.exists(name):
         raise ModelNotFound(f"model {name!r} is not in the store", {"model": name})
@@ -70,7 +71,7 @@ def show_model(name: str) -> Response:
 @doc("A version's metadata", "v1", {200: VersionMetadataSchema, 404: ErrorSchema})
 def show_version(name: str, version: int) -> Response:
     metadata = get_state().store.read_metadata(name, version)
-    return json_response(metadata)
+    return json_response(metadata if shows_operators() else without_operators(metadata))
 
 
 def _load_envelope() -> tuple[dict[str, Any], bool]:
@@ -107,8 +108,8 @@ def _predict(
 
 def _model_summary(name: str, detailed: bool = False) -> dict[str, Any]:
     state = get_state()
-    deployment = state.store.read_deployment(name)
     live = state.loader.states().get(name)
+    deployment = _deployment(name, live)
     serving = {alias: m.version for alias, m in live.serving.items()} if live else {}
     out: dict[str, Any] = {
         "name": name,
@@ -131,6 +132,20 @@ def _model_summary(name: str, detailed: bool = False) -> dict[str, Any]:
             out["input"] = "frame" if loaded.schema.frame else "array"
             out["runtime"] = loaded.runtime
     return out
+
+
+def _deployment(name: str, live: ModelState | None) -> dict[str, Any]:
+    """The store's deployment; a damaged one: the last good one this worker serves instead
+    (its problems say why), or a 503 in our error shape when the worker has none."""
+    try:
+        return get_state().store.read_deployment(name)
+    except DeploymentDamaged:
+        if live is None or not live.wanted:
+            raise
+        return {
+            "aliases": dict(live.wanted),
+            "shadows": {alias: m.version for alias, m in live.shadows.items()},
+        }
 
 
 def _live_routing(live: ModelState | None) -> dict[str, Any]:

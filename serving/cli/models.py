@@ -26,6 +26,13 @@ def add_parser(verbs: Any) -> Any:
     reg.add_argument("--reference-data", type=Path, help="CSV with a header: feature columns")
     reg.add_argument("--activate", action="store_true", help=f"point {DEFAULT_ALIAS} at it")
     reg.add_argument("--categorical", default="", help="comma-separated string features")
+    reg.add_argument(
+        "--no-created-by",
+        dest="created_by",
+        action="store_false",
+        default=None,
+        help="do not record who registered it (default: $SERVING_RECORD_CREATED_BY, true)",
+    )
     safe_register.add_arguments(reg)
     listing = actions.add_parser("list", help="models, versions and aliases")
     show = actions.add_parser("show", help="one model: versions, aliases and whether each loads")
@@ -56,6 +63,7 @@ def run(store: StoreBase, args: argparse.Namespace) -> int:
             categorical,
             actor=args.actor,
             policy=safe_register.policy(args),
+            created_by=args.created_by,
         )
         print(version)
     elif args.action == "list":

@@ -25,13 +25,13 @@ from serving.errors import (
     StoreError,
     StoreUnavailable,
 )
-from serving.rollouts.routing import Route
 from serving.runtime import artifacts
+from serving.runtime import deployment_parts as parts
 from serving.runtime.cache import PredictionCache
 from serving.runtime.model import Choice, LoadedModel, ModelState
 from serving.runtime.prepare import prepare
 from serving.runtime.store_health import StoreHealth
-from serving.store.base import StoreBase
+from serving.store.base import DEPLOYMENT, HISTORY, StoreBase
 from serving.store.deployment import variant_name
 from serving.store.history import earlier_versions
 from serving.store.model_store import DEFAULT_ALIAS
@@ -106,6 +106,11 @@ class ModelLoader:
             raise ModelUnavailable(
                 f"model {name!r} alias {alias!r} has no loaded version: {reason}",
                 {"model": name, "alias": alias, "wanted": state.wanted[alias]},
+            )
+        if state.unresolved is not None:  # a damaged deployment.json and no last good one
+            raise ModelUnavailable(
+                f"model {name!r} alias {alias!r} cannot be resolved: {state.unresolved}",
+                {"model": name, "alias": alias},
             )
         raise ModelNotFound(
             f"model {name!r} has no alias {alias!r}", {"model": name, "alias": alias}
@@ -217,8 +222,31 @@ class ModelLoader:
             self._store_down("poll", exc)
             return old or ModelState(name, _RETRY, {}, {}, {})
         except (StoreError, ValueError, TypeError) as exc:
-            log.error("cannot read deployment of %s: %s", name, exc, extra={"model": name})
-            return old or ModelState(name, signature, {}, {}, {})
+            return self._refused(name, signature, old, exc)
+        return self._build(name, signature, old, deployment)
+
+    def _refused(
+        self, name: str, signature: object, old: ModelState | None, exc: Exception
+    ) -> ModelState:
+        """A damaged deployment.json: the last good deployment, from memory or history."""
+        reason = parts.refuse(self._metrics, name, exc)
+        if old is not None and old.wanted:
+            problems = {**old.problems, DEPLOYMENT: f"{reason}; serving the last good one"}
+            return dataclasses.replace(old, signature=signature, problems=problems)
+        try:
+            replayed = parts.from_history(self._store, name)
+        except StoreUnavailable as down:
+            self._store_down("poll", down)
+            return ModelState(name, _RETRY, {}, {}, {DEPLOYMENT: reason}, unresolved=reason)
+        if replayed is None:
+            return ModelState(name, signature, {}, {}, {DEPLOYMENT: reason}, unresolved=reason)
+        state = self._build(name, signature, old, replayed)
+        state.problems[DEPLOYMENT] = f"{reason}; serving the last good one (from {HISTORY})"
+        return state
+
+    def _build(
+        self, name: str, signature: object, old: ModelState | None, deployment: dict[str, Any]
+    ) -> ModelState:
         wanted: dict[str, int] = deployment["aliases"]
         previous = old.serving if old else {}
         available = dict(old.loaded) if old else {}
@@ -237,57 +265,13 @@ class ModelLoader:
                 available[fallback.version] = fallback
                 serving[alias] = fallback
                 problems[alias] += f"; still serving version {fallback.version}"
-        routes = self._routes(name, deployment, serving, available, problems)
-        shadows = self._shadows(name, deployment, available, problems)
+        routes = parts.routes(name, deployment, serving, available, problems, self._try_load)
+        shadows = parts.shadows(name, deployment, available, problems, self._try_load)
         keep = {m.version for m in serving.values()} | {m.version for m in shadows.values()}
         for route in routes.values():
             keep.update(route.versions)
         loaded = {v: m for v, m in available.items() if v in keep}
         return ModelState(name, signature, dict(wanted), serving, problems, routes, shadows, loaded)
-
-    def _routes(
-        self,
-        name: str,
-        deployment: dict[str, Any],
-        serving: dict[str, LoadedModel],
-        available: dict[int, LoadedModel],
-        problems: dict[str, str],
-    ) -> dict[str, Route]:
-        """Each split alias, over the variants that loaded (a failed one gets no traffic)."""
-        routes: dict[str, Route] = {}
-        for alias, doc in (deployment.get("routes") or {}).items():
-            if alias not in serving:
-                continue
-            usable = set()
-            for variant in doc.get("variants", []):
-                version = int(variant["version"])
-                loaded = available.get(version) or self._try_load(name, version)
-                if isinstance(loaded, LoadedModel):
-                    available[version] = loaded
-                    usable.add(version)
-                else:
-                    problems[f"{alias}/{variant_name(version)}"] = f"variant failed: {loaded}"
-            route = Route.from_doc(doc, usable)
-            if route is not None and len(route.versions) > 1:
-                routes[alias] = route
-        return routes
-
-    def _shadows(
-        self,
-        name: str,
-        deployment: dict[str, Any],
-        available: dict[int, LoadedModel],
-        problems: dict[str, str],
-    ) -> dict[str, LoadedModel]:
-        shadows: dict[str, LoadedModel] = {}
-        for alias, version in (deployment.get("shadows") or {}).items():
-            loaded = available.get(int(version)) or self._try_load(name, int(version))
-            if isinstance(loaded, LoadedModel):
-                available[loaded.version] = loaded
-                shadows[alias] = loaded
-            else:
-                problems[f"{alias}/shadow"] = f"shadow version {version} failed: {loaded}"
-        return shadows
 
     def _fallback(
         self, name: str, alias: str, bad: int, available: dict[int, LoadedModel]
@@ -365,9 +349,12 @@ class ModelLoader:
         return dict(self._states)
 
     def ready(self) -> tuple[bool, dict[str, str]]:
-        """True when every model with a deployment serves a version for each of its aliases."""
+        """True when every model with a deployment serves a version for each of its aliases
+        (a model whose deployment.json is damaged, with no last good one, is not ready)."""
         waiting = {}
         for name, state in self._states.items():
+            if state.unresolved is not None:
+                waiting[f"{name}:{DEPLOYMENT}"] = state.unresolved
             for alias in state.wanted:
                 if alias not in state.serving:
                     waiting[f"{name}:{alias}"] = state.problems.get(alias, "not loaded")

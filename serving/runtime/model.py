@@ -59,6 +59,7 @@ class ModelState:
     routes: dict[str, Route] = field(default_factory=dict)
     shadows: dict[str, LoadedModel] = field(default_factory=dict)
     loaded: dict[int, LoadedModel] = field(default_factory=dict)
+    unresolved: str | None = None  # why no alias can be resolved (damaged deployment.json)
 
     def versions(self) -> dict[int, LoadedModel]:
         return dict(self.loaded) or {m.version: m for m in self.serving.values()}

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serving.errors import ModelNotFound, StoreError
+from serving.errors import DeploymentDamaged, ModelNotFound, StoreError
 from serving.store.deployment import route_doc, validate_weights
 from serving.store.history import previous_version, version_before_split
 
@@ -59,15 +59,45 @@ def empty_deployment() -> dict[str, Any]:
 
 
 def parse_deployment(name: str, data: Any) -> dict[str, Any]:
-    """A deployment document checked for shape: aliases as {str: int}."""
+    """A deployment document checked for shape; DeploymentDamaged when it is not one.
+
+    aliases {str: int}, shadows {str: int}, routes {str: {"variants": [{"version": int,
+    "weight": number}, ...], ...}}: a worker reads nothing else of it.
+    """
     aliases = data.get("aliases") if isinstance(data, dict) else None
     if not isinstance(aliases, dict):
-        raise StoreError(f"{name}: {DEPLOYMENT} has no aliases object")
+        raise DeploymentDamaged(f"{name}: {DEPLOYMENT} has no aliases object", {"model": name})
     try:
-        data["aliases"] = {str(k): int(v) for k, v in aliases.items()}
-    except (TypeError, ValueError):
-        raise StoreError(f"{name}: {DEPLOYMENT} has an alias that is not a version") from None
+        data["aliases"] = _versions_by_alias(aliases)
+        if data.get("shadows") is not None:
+            data["shadows"] = _versions_by_alias(data["shadows"])
+        for doc in (data.get("routes") or {}).values():
+            for variant in doc["variants"]:
+                variant["version"] = _version(variant["version"])
+                variant["weight"] = float(variant["weight"])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise DeploymentDamaged(
+            f"{name}: {DEPLOYMENT} has an alias, route or shadow that is not a version",
+            {"model": name},
+        ) from None
     return data
+
+
+def damaged_json(name: str, exc: ValueError) -> DeploymentDamaged:
+    return DeploymentDamaged(f"{name}: {DEPLOYMENT} is not valid JSON ({exc})", {"model": name})
+
+
+def _versions_by_alias(doc: Any) -> dict[str, int]:
+    if not isinstance(doc, dict):
+        raise TypeError(doc)
+    return {str(alias): _version(version) for alias, version in doc.items()}
+
+
+def _version(value: Any) -> int:
+    """A version number: an int >= 1 (a bool or a fraction is damage, not a version)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(value)
+    return value
 
 
 class StoreBase:
@@ -75,6 +105,9 @@ class StoreBase:
 
     location: str
     list_interval = 0.0  # seconds between two listings by a worker's poller (0: every poll)
+    # Record who registered a version (`created_by`: the actor, by default user@host) in its
+    # metadata; SERVING_RECORD_CREATED_BY=false (or `register --no-created-by`) omits it.
+    record_created_by = True
 
     # -- primitives (per backend) ---------------------------------------------------------
 
@@ -156,6 +189,7 @@ class StoreBase:
         extra: dict[str, Any] | None = None,
         actor: str | None = None,
         policy: ArtifactPolicy | None = None,  # None: SERVING_ALLOW_PICKLE decides, no skops
+        created_by: bool | None = None,  # None: as `record_created_by` says
     ) -> int:
         """Copy `artifact` in as the next version (with metadata) and return its number."""
         from serving.store import candidate  # scikit-learn and pandas: only for writers
@@ -173,7 +207,7 @@ class StoreBase:
                 **(extra or {}),
             }
             return self.register_prepared(
-                name, ready.path, metadata, ready.target, activate=activate, actor=actor
+                name, ready.path, metadata, ready.target, activate, actor, created_by
             )
 
     def register_prepared(
@@ -184,16 +218,14 @@ class StoreBase:
         target: str,
         activate: bool = False,
         actor: str | None = None,
+        created_by: bool | None = None,
     ) -> int:
         """Publish an artifact whose metadata the caller built (a compiled model) as a version."""
         validate_name(name)
-        metadata = {
-            **metadata,
-            "name": name,
-            "artifact": target,
-            "created_at": now_iso(),
-            "created_by": actor or default_actor(),
-        }
+        metadata = {**metadata, "name": name, "artifact": target, "created_at": now_iso()}
+        metadata.pop("created_by", None)  # a compiled model's source's: not this version's
+        if self.record_created_by if created_by is None else created_by:
+            metadata["created_by"] = actor or default_actor()
         version = self._publish_new(name, Path(artifact), metadata, target)
         self._record(name, "register", actor, version=version)
         if activate:

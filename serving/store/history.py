@@ -1,4 +1,5 @@
-"""Reading an alias's past from history.jsonl: where a rollback goes back to."""
+"""Reading a model's past from history.jsonl: where a rollback goes back to, and the
+deployment a worker falls back to when deployment.json is damaged."""
 
 from __future__ import annotations
 
@@ -49,3 +50,33 @@ def earlier_versions(history: list[dict[str, Any]], alias: str, current: int) ->
             if isinstance(version, int) and version != current and version not in seen:
                 seen.append(version)
     return seen
+
+
+def replay_deployment(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The deployment history.jsonl describes, its changes replayed in order (None: none).
+
+    What a worker that starts on a damaged deployment.json serves: every promote, rollback,
+    route and shadow is recorded with the alias and version it left behind.
+    """
+    aliases: dict[str, int] = {}
+    routes: dict[str, Any] = {}
+    shadows: dict[str, int] = {}
+    changed = False
+    for event in history:
+        action, alias, version = event.get("action"), event.get("alias"), event.get("version")
+        if not isinstance(alias, str):
+            continue
+        if action in ("promote", "rollback", "route") and isinstance(version, int):
+            aliases[alias] = version
+            routes.pop(alias, None)
+            if action == "route" and isinstance(event.get("route"), dict):
+                routes[alias] = event["route"]
+            changed = True
+        elif action == "shadow":
+            shadows.pop(alias, None)
+            if isinstance(event.get("shadow"), int):
+                shadows[alias] = event["shadow"]
+            changed = True
+    if not changed:
+        return None
+    return {"aliases": aliases, "routes": routes, "shadows": shadows}

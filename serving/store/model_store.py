@@ -28,6 +28,7 @@ from serving.store.base import (
     NAME_RE,
     Mutation,
     StoreBase,
+    damaged_json,
     default_actor,
     empty_deployment,
     new_event,
@@ -151,7 +152,7 @@ class ModelStore(StoreBase):
         except FileNotFoundError:
             return empty_deployment()
         except ValueError as exc:
-            raise StoreError(f"{name}: {DEPLOYMENT} is not valid JSON ({exc})") from None
+            raise damaged_json(name, exc) from None
         return parse_deployment(name, data)
 
     def history(self, name: str) -> list[dict[str, Any]]:

@@ -44,6 +44,8 @@ def open_store(
 
 def store_from_settings(settings: Settings, serve_cached: bool = False) -> StoreBase:
     """The model store the settings name (workers pass serve_cached=True)."""
-    return open_store(
+    store = open_store(
         settings.model_store, settings.store_cache_dir, settings.cache_max_bytes, serve_cached
     )
+    store.record_created_by = settings.record_created_by
+    return store

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import (
+    DeploymentDamaged,
     ModelNotFound,
     StoreConflict,
     StoreError,
@@ -39,6 +40,7 @@ from serving.store.base import (
     NAME_RE,
     Mutation,
     StoreBase,
+    damaged_json,
     empty_deployment,
     new_event,
     now_iso,
@@ -262,7 +264,7 @@ class S3Store(StoreBase):
         try:
             doc = parse_deployment(name, json.loads(found[0]))
         except ValueError as exc:
-            raise StoreError(f"{name}: {DEPLOYMENT} is not valid JSON ({exc})") from None
+            raise damaged_json(name, exc) from None
         return doc, found[1]
 
     def history(self, name: str) -> list[dict[str, Any]]:
@@ -279,8 +281,10 @@ class S3Store(StoreBase):
                 except ValueError:
                     continue
             events.append(self._events[key])
-        doc, _ = self._read_deployment(name)
-        last = doc.get("last_event")
+        try:
+            last = self._read_deployment(name)[0].get("last_event")
+        except DeploymentDamaged:  # the events written out are all there is
+            last = None
         if last and f"{int(last['revision']):012d}-a.json" not in keys:
             events.append(last)  # the newest change, not yet written out as its own object
         return events

@@ -267,7 +267,7 @@
       const when = new Date(e.at);
       list.appendChild(el("li", { "data-swap": e.action, "data-model": e.model, "data-version": e.version },
         el("span", { class: "when" }, isNaN(when) ? e.at : when.toLocaleString()),
-        el("strong", {}, e.model), " ", what, el("span", { class: "dim" }, " by " + (e.actor || "?"))));
+        el("strong", {}, e.model), " ", what, e.actor ? el("span", { class: "dim" }, " by " + e.actor) : ""));
     });
     replace("swaps", list);
   }
