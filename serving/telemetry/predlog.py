@@ -4,9 +4,10 @@
 in-memory queue (full: the record is dropped and counted, the request never waits). A daemon
 thread per worker process, started by the first record, drains the queue every
 `flush_interval` into one transaction, turning numpy outputs into JSON there, and prunes rows
-past the retention period or the row cap now and then. The store is SQLite or PostgreSQL
-(`DataStore`); when a write fails for a reason that may pass (the database is down, locked or
-full) the batch goes back into the queue, so the queue is also the buffer of an outage: beyond
+past the retention period, the row cap or the byte bound now and then (`retention`). The store
+is SQLite or PostgreSQL (`DataStore`); when a write fails for a reason that may pass (the
+database is down, locked or full) the batch goes back into the queue, so the queue is also the
+buffer of an outage: beyond
 its bound records are dropped, counted (`on_drop`, the `serving_telemetry_dropped_total`
 metric) and logged at most every `WARN_INTERVAL` seconds. Inputs are kept for the first
 `input_rows` instances of a request only, so a 10,000-row batch does not write megabytes.
@@ -36,6 +37,7 @@ from serving.telemetry.datastore import DataStore
 from serving.telemetry.feedback import Feedback, FeedbackResult, store_feedback
 from serving.telemetry.predlog_schema import COMPONENT, MIGRATIONS
 from serving.telemetry.recorder import PredictionRecord, Recorder
+from serving.telemetry.retention import prune
 
 OnDrop = Callable[[str, int], None]  # (component, how many lost): the drop metric
 
@@ -45,7 +47,6 @@ FLUSH_INTERVAL = 0.2  # seconds between the writer's transactions
 PRUNE_INTERVAL = 60.0  # seconds between retention passes of each worker
 WARN_INTERVAL = 30.0  # seconds between two warnings about lost records
 _YIELD_AFTER = 0.0002  # seconds of JSON conversion between two releases of the GIL
-_PRUNE_CHUNK = 10_000  # rows per delete transaction: short write locks for the other workers
 _COLUMNS = (
     "request_id", "at", "model", "version", "alias", "variant", "shadow", "status",
     "latency_ms", "rows", "inputs", "outputs",
@@ -68,6 +69,7 @@ def make_recorder(settings: Settings, on_drop: OnDrop | None = None) -> Recorder
         settings.log_sample,
         settings.log_retention_days,
         settings.log_max_rows,
+        settings.log_max_bytes,
         input_rows=settings.log_input_rows,
         queue_size=QUEUE_SIZE,
         on_drop=on_drop,
@@ -92,6 +94,7 @@ class SQLiteRecorder(Recorder):
         sample: float = 1.0,
         retention_days: float = 7.0,
         max_rows: int = 1_000_000,
+        max_bytes: int = 1024**3,
         input_rows: int = 10,
         queue_size: int = QUEUE_SIZE,
         flush_interval: float = FLUSH_INTERVAL,
@@ -104,6 +107,7 @@ class SQLiteRecorder(Recorder):
         self._sample = sample
         self._retention_s = retention_days * 86400.0
         self._max_rows = max_rows
+        self._max_bytes = max_bytes
         self._input_rows = input_rows
         self._queue_size = queue_size
         self.flush_interval = flush_interval
@@ -245,28 +249,11 @@ class SQLiteRecorder(Recorder):
         return rows
 
     def prune(self) -> int:
-        """Delete rows past the retention period and beyond the row cap; the number deleted."""
+        """Delete rows past the retention period, the row cap or the byte bound, give the
+        space back; the number deleted (`serving.telemetry.retention`)."""
         self.datastore.ensure_schema(COMPONENT, MIGRATIONS)
         cutoff = self._clock() - self._retention_s
-        deleted = _delete_chunked(
-            self.datastore,
-            "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE at < ? LIMIT ?)",
-            cutoff,
-        )
-        deleted += _delete_chunked(
-            self.datastore,
-            "DELETE FROM feedback WHERE (request_id, row) IN"
-            " (SELECT request_id, row FROM feedback WHERE at < ? LIMIT ?)",
-            cutoff,
-        )
-        # ids grow by one per insert: the newest `max_rows` ids are the ones kept.
-        deleted += _delete_chunked(
-            self.datastore,
-            "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE "
-            "id <= (SELECT MAX(id) FROM predictions) - ? LIMIT ?)",
-            self._max_rows,
-        )
-        return deleted
+        return prune(self.datastore, cutoff, self._max_rows, self._max_bytes)
 
     def _prune_logged(self) -> None:
         try:
@@ -333,16 +320,6 @@ class SQLiteRecorder(Recorder):
                 extra={"event": "feedback_overwritten", "rows": result.overwritten},
             )  # fmt: skip
         return result
-
-
-def _delete_chunked(datastore: DataStore, sql: str, bound: float) -> int:
-    total = 0
-    while True:
-        with datastore.transaction() as conn:
-            count = conn.execute(sql, (bound, _PRUNE_CHUNK)).rowcount
-        total += count
-        if count < _PRUNE_CHUNK:
-            return total
 
 
 def _to_row(record: PredictionRecord) -> tuple[Any, ...]:
