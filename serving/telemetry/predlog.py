@@ -10,7 +10,8 @@ database is down, locked or full) the batch goes back into the queue, so the que
 buffer of an outage: beyond
 its bound records are dropped, counted (`on_drop`, the `serving_telemetry_dropped_total`
 metric) and logged at most every `WARN_INTERVAL` seconds. Inputs are kept for the first
-`input_rows` instances of a request only, so a 10,000-row batch does not write megabytes.
+`input_rows` instances of a request only, objects as columns and rows (`columnar`), and
+outputs for the first `output_rows`, so a 10,000-row batch does not write megabytes.
 
 Sampling is a stable hash of the request id, so a shadow's copy of a request is kept exactly
 when its primary is, and every worker samples the same ids.
@@ -71,6 +72,7 @@ def make_recorder(settings: Settings, on_drop: OnDrop | None = None) -> Recorder
         settings.log_max_rows,
         settings.log_max_bytes,
         input_rows=settings.log_input_rows,
+        output_rows=settings.log_output_rows,
         queue_size=QUEUE_SIZE,
         on_drop=on_drop,
     )
@@ -96,6 +98,7 @@ class SQLiteRecorder(Recorder):
         max_rows: int = 1_000_000,
         max_bytes: int = 1024**3,
         input_rows: int = 10,
+        output_rows: int = 1000,
         queue_size: int = QUEUE_SIZE,
         flush_interval: float = FLUSH_INTERVAL,
         prune_interval: float = PRUNE_INTERVAL,
@@ -109,6 +112,7 @@ class SQLiteRecorder(Recorder):
         self._max_rows = max_rows
         self._max_bytes = max_bytes
         self._input_rows = input_rows
+        self._output_rows = output_rows
         self._queue_size = queue_size
         self.flush_interval = flush_interval
         self._prune_interval = prune_interval
@@ -138,10 +142,12 @@ class SQLiteRecorder(Recorder):
         if len(self._queue) >= self._queue_size:
             self.dropped += 1
             return
-        inputs = record.inputs
+        inputs, outputs = record.inputs, record.outputs
         if inputs is not None and len(inputs) > self._input_rows:
             # Hold only what will be written: not a 100-row batch's inputs until the flush.
             record = dataclasses.replace(record, inputs=inputs[: self._input_rows] or None)
+        if outputs is not None and len(outputs) > self._output_rows:
+            record = dataclasses.replace(record, outputs=outputs[: self._output_rows])
         self._queue.append(record)
 
     # -- the writer ------------------------------------------------------------------------
@@ -335,9 +341,21 @@ def _to_row(record: PredictionRecord) -> tuple[Any, ...]:
         record.status,
         record.latency_ms,
         record.rows,
-        to_json(record.inputs),
+        to_json(columnar(record.inputs)),
         to_json(record.outputs),
     )
+
+
+def columnar(inputs: Any) -> Any:
+    """Instances given as objects with the same keys in the same order, as
+    `{"columns": [...], "data": [[...], ...]}` (pandas' split orient): the feature names once
+    per record instead of once per instance. One instance, or anything else, as it is."""
+    if not isinstance(inputs, list) or len(inputs) < 2 or not isinstance(inputs[0], dict):
+        return inputs
+    columns = list(inputs[0])
+    if not all(isinstance(row, dict) and list(row) == columns for row in inputs):
+        return inputs
+    return {"columns": columns, "data": [list(row.values()) for row in inputs]}
 
 
 def to_json(value: Any) -> str | None:

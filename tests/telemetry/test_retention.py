@@ -5,6 +5,7 @@ stay near the bound however many rows pass through them."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,3 +105,38 @@ def test_an_older_file_is_migrated_to_incremental_vacuum(tmp_path: Path) -> None
 def test_settings_read_the_byte_bound() -> None:
     assert Settings.from_env({}).log_max_bytes == 1024**3
     assert Settings.from_env({"SERVING_LOG_MAX_BYTES": "2097152"}).log_max_bytes == 2 * 1024**2
+
+
+@pytest.mark.parametrize(
+    ("inputs", "stored"),
+    [
+        (
+            [{"a": 1.5, "b": "x"}, {"a": 2.0, "b": None}],
+            {"columns": ["a", "b"], "data": [[1.5, "x"], [2.0, None]]},
+        ),
+        ([{"a": 1.5}], [{"a": 1.5}]),
+        ([{"a": 1}, {"b": 2}], [{"a": 1}, {"b": 2}]),
+        ([{"a": 1, "b": 2}, {"b": 2, "a": 1}], [{"a": 1, "b": 2}, {"b": 2, "a": 1}]),
+        ([[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0], [3.0, 4.0]]),
+    ],
+    ids=["same-keys", "one-instance", "other-keys", "other-order", "arrays"],
+)
+def test_objects_are_stored_as_columns_without_losing_a_value(
+    tmp_path: Path, inputs: list[object], stored: object
+) -> None:
+    datastore = DataStore(tmp_path / "data")
+    recorder = SQLiteRecorder(datastore, flush_interval=SLOW)
+    recorder.record(make_record("r", inputs=inputs, rows=len(inputs)))
+    recorder.flush()
+    text = datastore.connect().execute("SELECT inputs FROM predictions").fetchone()[0]
+    assert json.loads(text) == stored and ", " not in text and ": " not in text
+    recorder.close()
+
+
+def test_outputs_of_a_big_request_are_bounded(datastore: DataStore) -> None:
+    recorder = SQLiteRecorder(datastore, output_rows=100, flush_interval=SLOW)
+    recorder.record(make_record("big", rows=5000, outputs=np.arange(5000.0), inputs=None))
+    recorder.flush()
+    (text,) = datastore.connect().execute("SELECT outputs FROM predictions").fetchone()
+    assert json.loads(text) == list(range(100)) and count(datastore, "rows = 5000") == 1
+    recorder.close()
