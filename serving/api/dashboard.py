@@ -15,7 +15,7 @@ from marshmallow import INCLUDE, RAISE, Schema, fields, validate
 from serving.api.jsonio import json_response, load_query
 from serving.api.monitoring import HistogramSchema, monitored_datastore
 from serving.api.openapi import doc
-from serving.api.schemas import ErrorSchema
+from serving.api.schemas import ErrorSchema, LogStatusSchema
 from serving.api.state import get_monitor, get_state
 from serving.monitoring.dashboard import build_dashboard
 from serving.store.model_store import NAME_RE
@@ -166,6 +166,11 @@ class DashboardSchema(Schema):
         required=True,
         metadata={"description": "false when SERVING_MONITOR_FLUSH=0: no traffic or drift counts"},
     )
+    log = fields.Nested(
+        LogStatusSchema,
+        required=True,
+        metadata={"description": "the prediction log in the worker that answered"},
+    )
     swaps = fields.List(
         fields.Nested(SwapSchema),
         required=True,
@@ -200,6 +205,7 @@ def dashboard_data() -> Response:
             query["model"],
         )
     body["monitoring"] = get_monitor() is not None
+    body["log"] = state.recorder.status()
     return json_response(body, headers={"Cache-Control": "no-store"})
 
 

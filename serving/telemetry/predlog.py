@@ -7,9 +7,9 @@ thread per worker process, started by the first record, drains the queue every
 past the retention period, the row cap or the byte bound now and then (`retention`). The store
 is SQLite or PostgreSQL (`DataStore`); when a write fails for a reason that may pass (the
 database is down, locked or full) the batch goes back into the queue, so the queue is also the
-buffer of an outage: beyond
-its bound records are dropped, counted (`on_drop`, the `serving_telemetry_dropped_total`
-metric) and logged at most every `WARN_INTERVAL` seconds. Inputs are kept for the first
+buffer of an outage: beyond its bound records are dropped, counted by reason (`on_drop`, the
+`serving_telemetry_dropped_total` metric: `serving.telemetry.losses`) and logged,
+rate-limited. Inputs are kept for the first
 `input_rows` instances of a request only, objects as columns and rows (`columnar`), and
 outputs for the first `output_rows`, so a 10,000-row batch does not write megabytes.
 
@@ -36,17 +36,15 @@ from serving.errors import ServingError
 from serving.settings import Settings
 from serving.telemetry.datastore import DataStore
 from serving.telemetry.feedback import Feedback, FeedbackResult, store_feedback
+from serving.telemetry.losses import Losses, OnDrop, failure_reason
 from serving.telemetry.predlog_schema import COMPONENT, MIGRATIONS
 from serving.telemetry.recorder import PredictionRecord, Recorder
 from serving.telemetry.retention import prune
-
-OnDrop = Callable[[str, int], None]  # (component, how many lost): the drop metric
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000  # records waiting per worker; beyond it they are dropped and counted
 FLUSH_INTERVAL = 0.2  # seconds between the writer's transactions
 PRUNE_INTERVAL = 60.0  # seconds between retention passes of each worker
-WARN_INTERVAL = 30.0  # seconds between two warnings about lost records
 _YIELD_AFTER = 0.0002  # seconds of JSON conversion between two releases of the GIL
 _COLUMNS = (
     "request_id", "at", "model", "version", "alias", "variant", "shadow", "status",
@@ -106,7 +104,6 @@ class SQLiteRecorder(Recorder):
         on_drop: OnDrop | None = None,
     ) -> None:
         self.datastore = datastore
-        self._on_drop = on_drop
         self._sample = sample
         self._retention_s = retention_days * 86400.0
         self._max_rows = max_rows
@@ -128,9 +125,7 @@ class SQLiteRecorder(Recorder):
         self.dropped = 0  # queue full (also while the store is down and the queue fills)
         self.failed = 0  # lost to a write error that will not pass (bad data)
         self.written = 0
-        self._reported = 0  # dropped + failed already handed to `on_drop`
-        self._warned = 0  # dropped + failed at the last warning
-        self._warned_at = -WARN_INTERVAL
+        self.losses = Losses(on_drop)  # every record lost, by reason
 
     # -- the request path ------------------------------------------------------------------
 
@@ -141,6 +136,7 @@ class SQLiteRecorder(Recorder):
             return
         if len(self._queue) >= self._queue_size:
             self.dropped += 1
+            self.losses.lost(1)
             return
         inputs, outputs = record.inputs, record.outputs
         if inputs is not None and len(inputs) > self._input_rows:
@@ -179,25 +175,7 @@ class SQLiteRecorder(Recorder):
 
     def report_drops(self) -> int:
         """Hand the records lost since the last call to `on_drop`; warn (rate-limited)."""
-        lost = self.dropped + self.failed
-        new, self._reported = lost - self._reported, lost
-        if new <= 0:
-            return 0
-        if self._on_drop is not None:
-            self._on_drop("predlog", new)
-        if time.monotonic() - self._warned_at >= WARN_INTERVAL:
-            self._warned_at = time.monotonic()
-            log.warning(
-                "prediction log: %d records lost since the last warning (%d in all: %d with "
-                "the queue full, %d to write errors; %d queued)",
-                lost - self._warned,
-                lost,
-                self.dropped,
-                self.failed,
-                len(self._queue),
-            )
-            self._warned = lost
-        return new
+        return self.losses.report(len(self._queue))
 
     def flush(self) -> int:
         """Write every queued record now, in one transaction; the number written."""
@@ -219,7 +197,7 @@ class SQLiteRecorder(Recorder):
                 return 0
             if self._failing:
                 log.warning("prediction log %s: writing again", self.datastore.where)
-            self._failing = False
+            self._failing, self.losses.failure = False, None
             self.written += len(batch)
             return len(batch)
 
@@ -235,13 +213,17 @@ class SQLiteRecorder(Recorder):
                 exc_info=not self.datastore.transient(exc),
             )
         self._failing = True
-        if not self.datastore.transient(exc):
+        transient = self.datastore.transient(exc)
+        self.losses.failure = failure_reason(exc, transient)
+        if not transient:
             self.failed += len(batch)
+            self.losses.lost(len(batch))
             return
         room = max(0, self._queue_size - len(self._queue))
         kept = batch[:room]
         self._queue.extendleft(reversed(kept))
         self.dropped += len(batch) - len(kept)
+        self.losses.lost(len(batch) - len(kept))
 
     def _convert(self, batch: list[PredictionRecord]) -> list[tuple[Any, ...]]:
         """Rows to insert. Sleeps briefly every `_YIELD_AFTER` s of work: a request thread
@@ -283,8 +265,14 @@ class SQLiteRecorder(Recorder):
                     self.datastore.where,
                     len(self._queue),
                 )
+                self.losses.lost(len(self._queue), "exit")
+            self.report_drops()
         self._pid = -1  # a later record() finds the recorder closed
         self.datastore.close()
+
+    def status(self) -> dict[str, Any]:
+        """This worker's log: ok, or degraded with the reason, and the records it lost."""
+        return self.losses.status()
 
     def stats(self) -> dict[str, int]:
         return {
