@@ -55,8 +55,9 @@ class Settings:
     fast_kernels: bool = True
     # The prediction log (feedback, A/B reports): SQLite under this directory, shared by the
     # workers. `log_sample` is the share of requests logged (0 turns the log off); rows older
-    # than `log_retention_days` or beyond the newest `log_max_rows` are pruned. Inputs are kept
-    # for the first `log_input_rows` instances of a request only (0: never; outputs always).
+    # than `log_retention_days`, beyond the newest `log_max_rows` or past `log_max_bytes` (SQLite:
+    # the file; PostgreSQL: the log's tables) are pruned. Inputs are kept for the first
+    # `log_input_rows` instances of a request only (0: never), outputs for `log_output_rows`.
     data_dir: Path = Path("data")
     # PostgreSQL (`postgresql://USER:PASSWORD@HOST:PORT/DB`) instead of SQLite in `data_dir` for
     # the prediction log, feedback, drift and traffic counts: one database every replica shares.
@@ -65,7 +66,9 @@ class Settings:
     log_sample: float = 1.0
     log_retention_days: float = 7.0
     log_max_rows: int = 1_000_000
+    log_max_bytes: int = 1024**3
     log_input_rows: int = 10
+    log_output_rows: int = 1000
     # Drift monitoring: each worker flushes its live counts every `monitor_flush` s (0: off);
     # PSI at or above `drift_warn` / `drift_alert` marks a feature warn / alert.
     monitor_flush: float = 5.0
@@ -111,7 +114,9 @@ class Settings:
                 "SERVING_LOG_RETENTION_DAYS", 7.0, low=0.001, high=3650
             ),
             log_max_rows=reader.integer("SERVING_LOG_MAX_ROWS", 1_000_000, low=1),
+            log_max_bytes=reader.integer("SERVING_LOG_MAX_BYTES", 1024**3, low=1024**2),
             log_input_rows=reader.integer("SERVING_LOG_INPUT_ROWS", 10, low=0),
+            log_output_rows=reader.integer("SERVING_LOG_OUTPUT_ROWS", 1000, low=1),
             monitor_flush=reader.number("SERVING_MONITOR_FLUSH", 5.0, low=0.0, high=3600),
             drift_warn=reader.number("SERVING_DRIFT_WARN", 0.1, low=0.0, high=100),
             drift_alert=reader.number("SERVING_DRIFT_ALERT", 0.25, low=0.0, high=100),

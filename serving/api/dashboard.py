@@ -16,7 +16,7 @@ from serving.api.jsonio import json_response, load_query
 from serving.api.monitoring import HistogramSchema, monitored_datastore
 from serving.api.openapi import doc
 from serving.api.operators import shows_operators, without_operators
-from serving.api.schemas import ErrorSchema
+from serving.api.schemas import ErrorSchema, LogStatusSchema
 from serving.api.state import get_monitor, get_state
 from serving.monitoring.dashboard import build_dashboard
 from serving.store.model_store import NAME_RE
@@ -167,6 +167,11 @@ class DashboardSchema(Schema):
         required=True,
         metadata={"description": "false when SERVING_MONITOR_FLUSH=0: no traffic or drift counts"},
     )
+    log = fields.Nested(
+        LogStatusSchema,
+        required=True,
+        metadata={"description": "the prediction log in the worker that answered"},
+    )
     swaps = fields.List(
         fields.Nested(SwapSchema),
         required=True,
@@ -203,6 +208,7 @@ def dashboard_data() -> Response:
     body["monitoring"] = get_monitor() is not None
     if not shows_operators():
         body["swaps"] = [without_operators(event) for event in body["swaps"]]
+    body["log"] = state.recorder.status()
     return json_response(body, headers={"Cache-Control": "no-store"})
 
 

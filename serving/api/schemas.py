@@ -86,6 +86,29 @@ class ModelSummarySchema(Schema):
     serving = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
 
 
+class LogStatusSchema(Schema):
+    """The prediction log in the worker that answered (serving.telemetry.losses)."""
+
+    status = fields.String(
+        required=True,
+        metadata={
+            "enum": ["ok", "degraded", "off"],
+            "description": "degraded while writes fail or for 60 s after a record was lost",
+        },
+    )
+    reason = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "enum": ["queue_full", "disk_full", "db_unavailable", "db_error", "exit", None],
+            "description": "why it is degraded: the current write failure or the last loss",
+        },
+    )
+    dropped = fields.Integer(
+        required=True, metadata={"description": "records this worker lost since it started"}
+    )
+
+
 class ModelDetailSchema(ModelSummarySchema):
     routes = fields.Dict(
         keys=fields.String(),
@@ -100,6 +123,7 @@ class ModelDetailSchema(ModelSummarySchema):
         required=True,
         metadata={"description": "this worker: pid, and the routes and shadows it applies now"},
     )
+    log = fields.Nested(LogStatusSchema, required=True)
     task = fields.String()
     features = fields.List(fields.Nested(FeatureSchema))
     classes = fields.List(fields.Raw(), allow_none=True)

@@ -122,6 +122,7 @@ def _model_summary(name: str, detailed: bool = False) -> dict[str, Any]:
         out["shadows"] = deployment.get("shadows") or {}
         out["problems"] = dict(live.problems) if live else {}
         out["worker"] = {"pid": os.getpid(), **_live_routing(live)}
+        out["log"] = state.recorder.status()
         loaded = None
         if live:
             loaded = live.serving.get("production") or next(iter(live.serving.values()), None)

@@ -176,6 +176,7 @@ class DataStore:
             raise DataStoreError(f"cannot open the data store: {exc}") from None
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            _incremental_vacuum(conn)  # before WAL mode: a new file gets it with its header
             conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL is durable against a crashed process in WAL mode; a power cut may lose
             # the last commits, which a prediction log can afford.
@@ -263,6 +264,23 @@ class DataStore:
 def _ended(owner: weakref.ref[Any]) -> bool:
     current = owner()
     return current is None or bool(current.dead)
+
+
+def _incremental_vacuum(conn: sqlite3.Connection) -> None:
+    """`auto_vacuum = INCREMENTAL`, so pruning can give pages back to the file system. A new
+    file takes it at once; an older one is rebuilt once by VACUUM (the migration: it needs free
+    room of the file's size; failing, the file stays as it was until the next start)."""
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        return
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        return
+    try:
+        conn.execute("VACUUM")
+    except sqlite3.Error as exc:
+        log.warning("data store: cannot turn on incremental vacuum yet (%s)", exc)
+    else:
+        log.info("data store: incremental vacuum turned on", extra={"event": "store_vacuumed"})
 
 
 def parse_window(text: str) -> float:

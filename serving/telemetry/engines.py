@@ -12,7 +12,9 @@ kept here and nowhere else:
   client CPU of an `executemany` of the same rows);
 - how a write transaction starts (`BEGIN IMMEDIATE` takes SQLite's one write lock up front)
   and how concurrent migrations are serialised (an advisory lock in PostgreSQL);
-- which exceptions are the driver's, and which of them mean "try again later".
+- which exceptions are the driver's, and which of them mean "try again later";
+- the bytes the data store uses and how deleted rows give their room back (`used_bytes`,
+  `give_back`: SQLite's pages and incremental vacuum, PostgreSQL's relation sizes and VACUUM).
 
 psycopg is imported when a PostgreSQL store first connects, never at import.
 """
@@ -36,6 +38,14 @@ CONNECTION_DEFAULTS = {
     "keepalives_count": "2",
     "tcp_user_timeout": "15000",
 }
+# The sizes `PostgresEngine.used_bytes` estimates from: the width of the newest rows stands for all.
+_PG_SIZES = (
+    "SELECT pg_total_relation_size('predictions') + pg_total_relation_size('feedback'),"
+    " pg_relation_size('predictions'), (SELECT COUNT(*) FROM predictions),"
+    " (SELECT AVG(pg_column_size(p.*)) FROM"
+    " (SELECT * FROM predictions ORDER BY id DESC LIMIT 1000) p)"
+)
+_PG_ROW_OVERHEAD = 8  # bytes of a heap row beside its datum: line pointer and alignment
 _SCHEMA_LOCK = 0x5E41  # the advisory lock id migrations take in PostgreSQL
 
 
@@ -102,6 +112,19 @@ class Engine:
         marks = ", ".join("?" * len(columns))
         conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
+    def used_bytes(self, conn: Any) -> int:
+        """Bytes the database holds in its pages in use (the whole file, every table)."""
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * conn.execute("PRAGMA page_size").fetchone()[0])
+
+    def give_back(self, conn: Any) -> None:
+        """Return free pages to the file system and truncate the WAL (outside a transaction)."""
+        # executescript steps it to the end: sqlite3 stops a row-less statement after one step,
+        # and incremental_vacuum frees one page per step.
+        conn.executescript("PRAGMA incremental_vacuum")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
 
 class PostgresEngine(Engine):
     """PostgreSQL through psycopg 3: `%s` placeholders, identity ids, jsonb for reading JSON."""
@@ -134,6 +157,21 @@ class PostgresEngine(Engine):
         with conn.raw.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+
+    def used_bytes(self, conn: Any) -> int:
+        """An estimate of the bytes the prediction log's rows and indexes hold: the relations'
+        size times the share of the heap live rows fill (VACUUM leaves the file as large, and
+        new rows reuse its room)."""
+        total, heap, count, width = conn.execute(_PG_SIZES).fetchone()
+        if not heap or not count:
+            return int(total)
+        live = count * (float(width) + _PG_ROW_OVERHEAD)
+        return int(total * min(1.0, live / heap))
+
+    def give_back(self, conn: Any) -> None:
+        """VACUUM the log's tables: their dead rows' room is reused by the next inserts."""
+        conn.execute("VACUUM predictions")
+        conn.execute("VACUUM feedback")
 
     def connect(self, url: str) -> PostgresConnection:
         import psycopg

@@ -55,8 +55,8 @@ class Metrics:
     def cache(self, model: str, hit: bool) -> None:
         """Record one prediction cache lookup."""
 
-    def telemetry_dropped(self, component: str, count: int) -> None:
-        """Record telemetry lost (queue full, store down too long): predlog, monitor, traffic."""
+    def telemetry_dropped(self, component: str, count: int, reason: str = "buffer_full") -> None:
+        """Record telemetry lost: predlog, monitor, traffic; why (`serving.telemetry.losses`)."""
 
     def close(self) -> None:
         """Release the socket, if any."""
@@ -130,6 +130,11 @@ class StatsdMetrics(Metrics):
         if client is not None:
             client.incr(f"cache.{metric_part(model)}.{'hit' if hit else 'miss'}")
 
+    def telemetry_dropped(self, component: str, count: int, reason: str = "buffer_full") -> None:
+        client = self._get()
+        if client is not None:
+            client.incr(f"telemetry.dropped.{metric_part(component)}.{metric_part(reason)}", count)
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -175,9 +180,9 @@ class MetricsGroup(Metrics):
         for member in self._members:
             member.cache(model, hit)
 
-    def telemetry_dropped(self, component: str, count: int) -> None:
+    def telemetry_dropped(self, component: str, count: int, reason: str = "buffer_full") -> None:
         for member in self._members:
-            member.telemetry_dropped(component, count)
+            member.telemetry_dropped(component, count, reason)
 
     def close(self) -> None:
         for member in self._members:

@@ -4,12 +4,14 @@
 in-memory queue (full: the record is dropped and counted, the request never waits). A daemon
 thread per worker process, started by the first record, drains the queue every
 `flush_interval` into one transaction, turning numpy outputs into JSON there, and prunes rows
-past the retention period or the row cap now and then. The store is SQLite or PostgreSQL
-(`DataStore`); when a write fails for a reason that may pass (the database is down, locked or
-full) the batch goes back into the queue, so the queue is also the buffer of an outage: beyond
-its bound records are dropped, counted (`on_drop`, the `serving_telemetry_dropped_total`
-metric) and logged at most every `WARN_INTERVAL` seconds. Inputs are kept for the first
-`input_rows` instances of a request only, so a 10,000-row batch does not write megabytes.
+past the retention period, the row cap or the byte bound now and then (`retention`). The store
+is SQLite or PostgreSQL (`DataStore`); when a write fails for a reason that may pass (the
+database is down, locked or full) the batch goes back into the queue, so the queue is also the
+buffer of an outage: beyond its bound records are dropped, counted by reason (`on_drop`, the
+`serving_telemetry_dropped_total` metric: `serving.telemetry.losses`) and logged,
+rate-limited. Inputs are kept for the first
+`input_rows` instances of a request only, objects as columns and rows (`columnar`), and
+outputs for the first `output_rows`, so a 10,000-row batch does not write megabytes.
 
 Sampling is a stable hash of the request id, so a shadow's copy of a request is kept exactly
 when its primary is, and every worker samples the same ids.
@@ -34,19 +36,17 @@ from serving.errors import ServingError
 from serving.settings import Settings
 from serving.telemetry.datastore import DataStore
 from serving.telemetry.feedback import Feedback, FeedbackResult, store_feedback
+from serving.telemetry.losses import Losses, OnDrop, failure_reason
 from serving.telemetry.predlog_schema import COMPONENT, MIGRATIONS
 from serving.telemetry.recorder import PredictionRecord, Recorder
+from serving.telemetry.retention import prune
 from serving.telemetry.threads import Daemon, start_daemon
-
-OnDrop = Callable[[str, int], None]  # (component, how many lost): the drop metric
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000  # records waiting per worker; beyond it they are dropped and counted
 FLUSH_INTERVAL = 0.2  # seconds between the writer's transactions
 PRUNE_INTERVAL = 60.0  # seconds between retention passes of each worker
-WARN_INTERVAL = 30.0  # seconds between two warnings about lost records
 _YIELD_AFTER = 0.0002  # seconds of JSON conversion between two releases of the GIL
-_PRUNE_CHUNK = 10_000  # rows per delete transaction: short write locks for the other workers
 _COLUMNS = (
     "request_id", "at", "model", "version", "alias", "variant", "shadow", "status",
     "latency_ms", "rows", "inputs", "outputs",
@@ -69,7 +69,9 @@ def make_recorder(settings: Settings, on_drop: OnDrop | None = None) -> Recorder
         settings.log_sample,
         settings.log_retention_days,
         settings.log_max_rows,
+        settings.log_max_bytes,
         input_rows=settings.log_input_rows,
+        output_rows=settings.log_output_rows,
         queue_size=QUEUE_SIZE,
         on_drop=on_drop,
     )
@@ -93,7 +95,9 @@ class SQLiteRecorder(Recorder):
         sample: float = 1.0,
         retention_days: float = 7.0,
         max_rows: int = 1_000_000,
+        max_bytes: int = 1024**3,
         input_rows: int = 10,
+        output_rows: int = 1000,
         queue_size: int = QUEUE_SIZE,
         flush_interval: float = FLUSH_INTERVAL,
         prune_interval: float = PRUNE_INTERVAL,
@@ -101,11 +105,12 @@ class SQLiteRecorder(Recorder):
         on_drop: OnDrop | None = None,
     ) -> None:
         self.datastore = datastore
-        self._on_drop = on_drop
         self._sample = sample
         self._retention_s = retention_days * 86400.0
         self._max_rows = max_rows
+        self._max_bytes = max_bytes
         self._input_rows = input_rows
+        self._output_rows = output_rows
         self._queue_size = queue_size
         self.flush_interval = flush_interval
         self._prune_interval = prune_interval
@@ -121,9 +126,7 @@ class SQLiteRecorder(Recorder):
         self.dropped = 0  # queue full (also while the store is down and the queue fills)
         self.failed = 0  # lost to a write error that will not pass (bad data)
         self.written = 0
-        self._reported = 0  # dropped + failed already handed to `on_drop`
-        self._warned = 0  # dropped + failed at the last warning
-        self._warned_at = -WARN_INTERVAL
+        self.losses = Losses(on_drop)  # every record lost, by reason
 
     # -- the request path ------------------------------------------------------------------
 
@@ -134,11 +137,14 @@ class SQLiteRecorder(Recorder):
             return
         if len(self._queue) >= self._queue_size:
             self.dropped += 1
+            self.losses.lost(1)
             return
-        inputs = record.inputs
+        inputs, outputs = record.inputs, record.outputs
         if inputs is not None and len(inputs) > self._input_rows:
             # Hold only what will be written: not a 100-row batch's inputs until the flush.
             record = dataclasses.replace(record, inputs=inputs[: self._input_rows] or None)
+        if outputs is not None and len(outputs) > self._output_rows:
+            record = dataclasses.replace(record, outputs=outputs[: self._output_rows])
         self._queue.append(record)
 
     # -- the writer ------------------------------------------------------------------------
@@ -170,25 +176,7 @@ class SQLiteRecorder(Recorder):
 
     def report_drops(self) -> int:
         """Hand the records lost since the last call to `on_drop`; warn (rate-limited)."""
-        lost = self.dropped + self.failed
-        new, self._reported = lost - self._reported, lost
-        if new <= 0:
-            return 0
-        if self._on_drop is not None:
-            self._on_drop("predlog", new)
-        if time.monotonic() - self._warned_at >= WARN_INTERVAL:
-            self._warned_at = time.monotonic()
-            log.warning(
-                "prediction log: %d records lost since the last warning (%d in all: %d with "
-                "the queue full, %d to write errors; %d queued)",
-                lost - self._warned,
-                lost,
-                self.dropped,
-                self.failed,
-                len(self._queue),
-            )
-            self._warned = lost
-        return new
+        return self.losses.report(len(self._queue))
 
     def flush(self) -> int:
         """Write every queued record now, in one transaction; the number written."""
@@ -210,7 +198,7 @@ class SQLiteRecorder(Recorder):
                 return 0
             if self._failing:
                 log.warning("prediction log %s: writing again", self.datastore.where)
-            self._failing = False
+            self._failing, self.losses.failure = False, None
             self.written += len(batch)
             return len(batch)
 
@@ -226,13 +214,17 @@ class SQLiteRecorder(Recorder):
                 exc_info=not self.datastore.transient(exc),
             )
         self._failing = True
-        if not self.datastore.transient(exc):
+        transient = self.datastore.transient(exc)
+        self.losses.failure = failure_reason(exc, transient)
+        if not transient:
             self.failed += len(batch)
+            self.losses.lost(len(batch))
             return
         room = max(0, self._queue_size - len(self._queue))
         kept = batch[:room]
         self._queue.extendleft(reversed(kept))
         self.dropped += len(batch) - len(kept)
+        self.losses.lost(len(batch) - len(kept))
 
     def _convert(self, batch: list[PredictionRecord]) -> list[tuple[Any, ...]]:
         """Rows to insert. Sleeps briefly every `_YIELD_AFTER` s of work: a request thread
@@ -246,28 +238,11 @@ class SQLiteRecorder(Recorder):
         return rows
 
     def prune(self) -> int:
-        """Delete rows past the retention period and beyond the row cap; the number deleted."""
+        """Delete rows past the retention period, the row cap or the byte bound, give the
+        space back; the number deleted (`serving.telemetry.retention`)."""
         self.datastore.ensure_schema(COMPONENT, MIGRATIONS)
         cutoff = self._clock() - self._retention_s
-        deleted = _delete_chunked(
-            self.datastore,
-            "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE at < ? LIMIT ?)",
-            cutoff,
-        )
-        deleted += _delete_chunked(
-            self.datastore,
-            "DELETE FROM feedback WHERE (request_id, row) IN"
-            " (SELECT request_id, row FROM feedback WHERE at < ? LIMIT ?)",
-            cutoff,
-        )
-        # ids grow by one per insert: the newest `max_rows` ids are the ones kept.
-        deleted += _delete_chunked(
-            self.datastore,
-            "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE "
-            "id <= (SELECT MAX(id) FROM predictions) - ? LIMIT ?)",
-            self._max_rows,
-        )
-        return deleted
+        return prune(self.datastore, cutoff, self._max_rows, self._max_bytes)
 
     def _prune_logged(self) -> None:
         try:
@@ -291,8 +266,14 @@ class SQLiteRecorder(Recorder):
                     self.datastore.where,
                     len(self._queue),
                 )
+                self.losses.lost(len(self._queue), "exit")
+            self.report_drops()
         self._pid = -1  # a later record() finds the recorder closed
         self.datastore.close()
+
+    def status(self) -> dict[str, Any]:
+        """This worker's log: ok, or degraded with the reason, and the records it lost."""
+        return self.losses.status()
 
     def stats(self) -> dict[str, int]:
         return {
@@ -336,16 +317,6 @@ class SQLiteRecorder(Recorder):
         return result
 
 
-def _delete_chunked(datastore: DataStore, sql: str, bound: float) -> int:
-    total = 0
-    while True:
-        with datastore.transaction() as conn:
-            count = conn.execute(sql, (bound, _PRUNE_CHUNK)).rowcount
-        total += count
-        if count < _PRUNE_CHUNK:
-            return total
-
-
 def _to_row(record: PredictionRecord) -> tuple[Any, ...]:
     """The INSERT parameters of a record (`record()` already cut its inputs to size)."""
     return (
@@ -359,9 +330,21 @@ def _to_row(record: PredictionRecord) -> tuple[Any, ...]:
         record.status,
         record.latency_ms,
         record.rows,
-        to_json(record.inputs),
+        to_json(columnar(record.inputs)),
         to_json(record.outputs),
     )
+
+
+def columnar(inputs: Any) -> Any:
+    """Instances given as objects with the same keys in the same order, as
+    `{"columns": [...], "data": [[...], ...]}` (pandas' split orient): the feature names once
+    per record instead of once per instance. One instance, or anything else, as it is."""
+    if not isinstance(inputs, list) or len(inputs) < 2 or not isinstance(inputs[0], dict):
+        return inputs
+    columns = list(inputs[0])
+    if not all(isinstance(row, dict) and list(row) == columns for row in inputs):
+        return inputs
+    return {"columns": columns, "data": [list(row.values()) for row in inputs]}
 
 
 def to_json(value: Any) -> str | None:

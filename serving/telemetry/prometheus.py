@@ -15,7 +15,7 @@ So prometheus_client is imported when a `PrometheusMetrics` is built, never at i
   serving_model_version{model,alias,pid}                    gauge (liveall), per worker
   serving_feature_drift_psi{model,version,feature}          gauge (mostrecent), set by `set_drift`
   serving_prediction_cache_lookups_total{model,result}      counter, result = hit | miss
-  serving_telemetry_dropped_total{component}                counter, telemetry lost (see below)
+  serving_telemetry_dropped_total{component,reason}         counter, telemetry lost (see below)
   serving_process_cpu_seconds_total{pid}                    counter, per worker
   serving_process_resident_memory_bytes{pid}                gauge (liveall), per worker
 
@@ -27,7 +27,8 @@ them as counters and gauges labelled by pid, and a dead worker's series go (guni
 
 `serving_telemetry_dropped_total` counts what the data store never received: prediction log
 records (component `predlog`), drift rows (`monitor`) and requests of the traffic counts
-(`traffic`), dropped when a worker's bounded buffer is full, e.g. while the database is down.
+(`traffic`), by reason: for the log every loss path (`serving.telemetry.losses`: queue_full,
+disk_full, db_unavailable, db_error, exit), for the counts `buffer_full` (the database down).
 """
 
 from __future__ import annotations
@@ -122,9 +123,10 @@ FAMILIES = (
     Family(
         "serving_telemetry_dropped",
         "counter",
-        "Telemetry never written to the data store (buffer full, e.g. while the database is "
-        "down): prediction log records, drift rows or traffic requests, by component.",
-        ("component",),
+        "Telemetry never written to the data store: prediction log records, drift rows or "
+        "traffic requests, by component and reason (queue_full, disk_full, db_unavailable, "
+        "db_error, exit; buffer_full for drift and traffic).",
+        ("component", "reason"),
     ),
     Family(
         _CPU,
@@ -218,9 +220,9 @@ class PrometheusMetrics(Metrics):
         except (OSError, ValueError):
             log.warning("prometheus: cannot record a cache lookup", exc_info=True)
 
-    def telemetry_dropped(self, component: str, count: int) -> None:
+    def telemetry_dropped(self, component: str, count: int, reason: str = "buffer_full") -> None:
         try:
-            self._dropped.labels(component).inc(count)
+            self._dropped.labels(component, reason).inc(count)
         except (OSError, ValueError):
             log.warning("prometheus: cannot record dropped telemetry", exc_info=True)
 

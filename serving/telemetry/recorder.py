@@ -32,5 +32,9 @@ class Recorder:
     def record(self, record: PredictionRecord) -> None:
         """Hand one record over; never blocks or raises into a request."""
 
+    def status(self) -> dict[str, Any]:
+        """The log's state in this worker (`serving.telemetry.losses`): the null one is off."""
+        return {"status": "off", "reason": None, "dropped": 0}
+
     def close(self) -> None:
         """Flush what is pending and stop."""

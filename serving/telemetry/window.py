@@ -50,7 +50,8 @@ def read_window(
         f"SELECT p.version, {sql.json_item('p.outputs', 'f.row')},"
         f" {sql.json_value('f.truth')} FROM predictions p"
         f" JOIN feedback f ON f.request_id = p.request_id AND f.row < p.rows"
-        f" WHERE {_WHERE} AND p.shadow = 0 AND p.status = 200",
+        f" WHERE {_WHERE} AND p.shadow = 0 AND p.status = 200"
+        f" AND {sql.json_item('p.outputs', 'f.row')} IS NOT NULL",  # past SERVING_LOG_OUTPUT_ROWS
         args,
     ).fetchall()
     shadows = conn.execute(

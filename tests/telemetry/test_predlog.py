@@ -232,7 +232,7 @@ def test_write_errors_keep_records_queued_up_to_the_bound_then_drop_and_count(
             recorder.record(make_record(f"b{i}"))
         assert recorder.flush() == 0
         assert recorder.stats()["queued"] == 3 and recorder.stats()["dropped"] == 2
-        assert recorder.report_drops() == 2 and lost == [("predlog", 2)]
+        assert recorder.report_drops() == 2 and lost == [("predlog", 2, "db_unavailable")]
         assert recorder.report_drops() == 0  # each loss is reported once
     finally:
         recorder.close()
