@@ -77,6 +77,10 @@ class PredictResponseSchema(Schema):
 class FeatureSchema(Schema):
     name = fields.String(required=True)
     kind = fields.String(required=True, metadata={"enum": ["numeric", "categorical"]})
+    nullable = fields.Boolean(
+        required=True,
+        metadata={"description": "takes null (or NaN), fed to the model as a missing value"},
+    )
 
 
 class ModelSummarySchema(Schema):

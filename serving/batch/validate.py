@@ -1,7 +1,8 @@
 """Checking one decoded chunk against the model's InputSchema, with numpy, row by row cheaply.
 
 Every bad row gets its first problem (reason, feature, message): a missing feature or value, a
-wrong type, a value that is not finite. The rows that pass become the model input, in the
+wrong type, a value that is not finite (a null, empty or NaN value passes, as NaN, for a
+feature the schema marks nullable). The rows that pass become the model input, in the
 form the model was fitted on (an array, a DataFrame, an object array).
 """
 
@@ -24,8 +25,12 @@ def validate(decoded: Decoded, schema: InputSchema) -> tuple[Any, np.ndarray, di
         i: ("malformed_row", None, m) for i, m in decoded.broken.items()
     }
     columns = [
-        (_numbers if kind == NUMERIC else _strings)(column, label, decoded, problems)
-        for column, kind, label in zip(decoded.fields, schema.kinds, schema.labels)
+        _numbers(column, label, decoded, problems, nullable)
+        if kind == NUMERIC
+        else _strings(column, label, decoded, problems)
+        for column, kind, label, nullable in zip(
+            decoded.fields, schema.kinds, schema.labels, schema.nullable
+        )
     ]
     ok = np.ones(decoded.rows, dtype=bool)
     if problems:
@@ -42,8 +47,11 @@ def validate(decoded: Decoded, schema: InputSchema) -> tuple[Any, np.ndarray, di
     return np.column_stack(list(data.values())).astype(object), ok, problems
 
 
-def _numbers(column: Field, label: str, decoded: Decoded, problems: dict[int, Problem]) -> Any:
-    """float64 values (NaN where a row is bad); each bad row's first problem into `problems`."""
+def _numbers(
+    column: Field, label: str, decoded: Decoded, problems: dict[int, Problem], nullable: bool
+) -> Any:
+    """float64 values (NaN where a row is bad or, if nullable, missing); each bad row's first
+    problem into `problems`."""
     values = column.values
     found: dict[int, Problem] = {}
     if values.dtype.kind in "fiu":
@@ -58,6 +66,8 @@ def _numbers(column: Field, label: str, decoded: Decoded, problems: dict[int, Pr
     bad = ~np.isfinite(floats)
     if bad.any():
         for i in np.flatnonzero(bad).tolist():
+            if nullable and _missing(floats[i], found.get(i)):
+                continue
             if i not in problems:
                 problems[i] = found.get(i) or _not_finite(floats[i], column, i, decoded, label)
     return floats
@@ -99,6 +109,13 @@ def _coerce_objects(values: np.ndarray, label: str, found: dict[int, Problem]) -
         else:
             found[i] = _wrong(label, _describe(value))
     return floats
+
+
+def _missing(value: float, problem: Problem | None) -> bool:
+    """A null, empty or NaN value (not a wrong type, not an absent key, not an infinity)."""
+    if problem is not None:
+        return problem[0] == "missing_value"
+    return bool(np.isnan(value))
 
 
 def _not_finite(value: float, column: Field, i: int, decoded: Decoded, label: str) -> Problem:

@@ -27,6 +27,7 @@ def add_parser(verbs: Any) -> Any:
     reg.add_argument("--activate", action="store_true", help=f"point {DEFAULT_ALIAS} at it")
     reg.add_argument("--categorical", default="", help="comma-separated string features")
     safe_register.add_arguments(reg)
+    safe_register.add_nullable_arguments(reg)
     listing = actions.add_parser("list", help="models, versions and aliases")
     show = actions.add_parser("show", help="one model: versions, aliases and whether each loads")
     show.add_argument("name")
@@ -56,6 +57,7 @@ def run(store: StoreBase, args: argparse.Namespace) -> int:
             categorical,
             actor=args.actor,
             policy=safe_register.policy(args),
+            nullable=safe_register.nullable(args),
         )
         print(version)
     elif args.action == "list":
