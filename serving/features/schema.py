@@ -4,6 +4,8 @@ Numbers are checked with numpy on the whole batch at once; only a batch that fai
 checks is walked value by value, to name the first bad row and feature. A numeric feature the
 model answers missing values for (`nullable`, probed at register) takes JSON null or NaN, fed
 to the model as NaN; that check runs only when the fast one fails, so it costs nothing otherwise.
+A boolean feature (a bool column of the reference data) takes true/false, fed as 1.0/0.0 as
+scikit-learn fed it when fitting.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from serving.errors import InvalidInput
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
+BOOLEAN = "boolean"
+NUMERIC_KINDS = (NUMERIC, BOOLEAN)  # fed to the model as float64
 _NUMBER_TYPES = (int, float)
 
 
@@ -47,7 +51,8 @@ class InputSchema:
         self.kinds = list(kinds)
         self.frame = frame and self.names is not None
         self.labels = self.names or [f"[{i}]" for i in range(n_features)]
-        self.numeric_only = all(kind == NUMERIC for kind in self.kinds)
+        self.numeric_only = all(kind in NUMERIC_KINDS for kind in self.kinds)
+        self._booleans = [kind == BOOLEAN for kind in self.kinds]
         self._getter = _row_getter(self.names) if self.names else None
 
     @classmethod
@@ -186,7 +191,7 @@ class InputSchema:
             self._check_row(i, row)
         columns: dict[str, Any] = {}
         for j, (label, kind, column) in enumerate(zip(self.labels, self.kinds, zip(*rows))):
-            if kind == NUMERIC:
+            if kind != CATEGORICAL:
                 if not all(type(v) in _NUMBER_TYPES for v in column) or not _all_finite(column):
                     column = tuple(self._number(i, j, value) for i, value in enumerate(column))
                 columns[label] = np.array(column, dtype=np.float64)
@@ -215,6 +220,8 @@ class InputSchema:
 
     def _number(self, i: int, j: int, value: Any) -> float:
         kind = type(value)
+        if (kind is bool or kind is np.bool_) and self._booleans[j]:
+            return 1.0 if value else 0.0
         if kind is float:
             if math.isfinite(value):
                 return value
@@ -230,7 +237,9 @@ class InputSchema:
 
     def _bad_value(self, i: int, j: int, value: Any, expected: str) -> None:
         label = self.labels[j]
-        if self.nullable[j] and expected == "a finite number":
+        if self._booleans[j] and expected == "a finite number":
+            expected = "true, false or a number"
+        elif self.nullable[j] and expected == "a finite number":
             expected = "a finite number or null"
         raise InvalidInput(
             f"instance {i}, feature {label!r}: expected {expected}, got {_describe(value)}",
@@ -253,15 +262,15 @@ def _all_finite(column: Sequence[Any]) -> bool:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), "null" if value is None else "a number"
-    )
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    kinds[np.bool_] = "a boolean"
+    return kinds.get(type(value), "null" if value is None else "a number")
 
 
 def _describe(value: Any) -> str:
     if value is None:
         return "null"
-    if type(value) is bool:
+    if type(value) is bool or type(value) is np.bool_:
         return f"a boolean ({'true' if value else 'false'})"
     if type(value) is str:
         shown = value if len(value) <= 40 else value[:37] + "..."

@@ -18,7 +18,7 @@ import sklearn
 from sklearn.base import is_classifier, is_regressor
 
 from serving.errors import StoreError
-from serving.features.schema import CATEGORICAL, NUMERIC, InputSchema
+from serving.features.schema import BOOLEAN, CATEGORICAL, NUMERIC, InputSchema
 
 ARTIFACT_NAME = "model.joblib"
 ACCEPTED_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -121,7 +121,9 @@ def _feature_kinds(
     if reference is not None:
         columns = _reference_columns(reference, names, n_features)
         for j, column in enumerate(columns):
-            if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            if pd.api.types.is_bool_dtype(column):
+                kinds[j] = BOOLEAN if kinds[j] == NUMERIC else kinds[j]
+            elif not pd.api.types.is_numeric_dtype(column):
                 kinds[j] = CATEGORICAL
     unknown = categorical - set(labels)
     if unknown:
