@@ -36,7 +36,9 @@ def _nullable_to_json_schema(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     out = {key: _nullable_to_json_schema(value) for key, value in node.items()}
-    if out.pop("nullable", False):
+    # the keyword is a boolean; a property *named* nullable (a feature's flag) is a schema
+    flag = out.pop("nullable") if isinstance(out.get("nullable"), bool) else False
+    if flag:
         if "type" in out:
             kinds = out["type"] if isinstance(out["type"], list) else [out["type"]]
             out["type"] = [*kinds, "null"]

@@ -76,7 +76,11 @@ class PredictResponseSchema(Schema):
 
 class FeatureSchema(Schema):
     name = fields.String(required=True)
-    kind = fields.String(required=True, metadata={"enum": ["numeric", "categorical"]})
+    kind = fields.String(required=True, metadata={"enum": ["numeric", "categorical", "boolean"]})
+    nullable = fields.Boolean(
+        required=True,
+        metadata={"description": "takes null (or NaN), fed to the model as a missing value"},
+    )
 
 
 class ModelSummarySchema(Schema):

@@ -1,7 +1,9 @@
 """Checking one decoded chunk against the model's InputSchema, with numpy, row by row cheaply.
 
 Every bad row gets its first problem (reason, feature, message): a missing feature or value, a
-wrong type, a value that is not finite. The rows that pass become the model input, in the
+wrong type, a value that is not finite (a null, empty or NaN value passes, as NaN, for a
+feature the schema marks nullable; a boolean feature takes booleans, as 1.0/0.0). The rows
+that pass become the model input, in the
 form the model was fitted on (an array, a DataFrame, an object array).
 """
 
@@ -13,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from serving.batch.files import ABSENT, Decoded, Field
-from serving.features.schema import NUMERIC, InputSchema
+from serving.features.schema import BOOLEAN, CATEGORICAL, InputSchema
 
 Problem = tuple[str, str | None, str]  # reason, feature (or None), message
 
@@ -24,8 +26,12 @@ def validate(decoded: Decoded, schema: InputSchema) -> tuple[Any, np.ndarray, di
         i: ("malformed_row", None, m) for i, m in decoded.broken.items()
     }
     columns = [
-        (_numbers if kind == NUMERIC else _strings)(column, label, decoded, problems)
-        for column, kind, label in zip(decoded.fields, schema.kinds, schema.labels)
+        _numbers(column, label, decoded, problems, (nullable, kind == BOOLEAN))
+        if kind != CATEGORICAL
+        else _strings(column, label, decoded, problems)
+        for column, kind, label, nullable in zip(
+            decoded.fields, schema.kinds, schema.labels, schema.nullable
+        )
     ]
     ok = np.ones(decoded.rows, dtype=bool)
     if problems:
@@ -42,30 +48,46 @@ def validate(decoded: Decoded, schema: InputSchema) -> tuple[Any, np.ndarray, di
     return np.column_stack(list(data.values())).astype(object), ok, problems
 
 
-def _numbers(column: Field, label: str, decoded: Decoded, problems: dict[int, Problem]) -> Any:
-    """float64 values (NaN where a row is bad); each bad row's first problem into `problems`."""
+def _numbers(
+    column: Field,
+    label: str,
+    decoded: Decoded,
+    problems: dict[int, Problem],
+    flags: tuple[bool, bool],
+) -> Any:
+    """float64 values (NaN where a row is bad or, if nullable, missing); each bad row's first
+    problem into `problems`. `flags`: (nullable, boolean)."""
+    nullable, boolean = flags
     values = column.values
     found: dict[int, Problem] = {}
-    if values.dtype.kind in "fiu":
+    if values.dtype.kind in "fiu" or (values.dtype.kind == "b" and boolean):
         floats = values.astype(np.float64, copy=False)
     elif values.dtype.kind == "b":
         floats = np.full(len(values), np.nan)
         found = {i: _wrong(label, "a boolean") for i in range(len(values))}
     elif decoded.text_numbers:
-        floats = _parse_text(values, label, found)
+        floats = _parse_text(values, label, found, boolean)
     else:
-        floats = _coerce_objects(values.astype(object, copy=False), label, found)
+        floats = _coerce_objects(values.astype(object, copy=False), label, found, boolean)
     bad = ~np.isfinite(floats)
     if bad.any():
         for i in np.flatnonzero(bad).tolist():
+            if nullable and _missing(floats[i], found.get(i)):
+                continue
             if i not in problems:
                 problems[i] = found.get(i) or _not_finite(floats[i], column, i, decoded, label)
     return floats
 
 
-def _parse_text(values: np.ndarray, label: str, found: dict[int, Problem]) -> np.ndarray:
-    """CSV: a column with a non-number in it arrives as text; parse the numbers in it."""
-    parsed = pd.to_numeric(pd.Series(values, copy=False), errors="coerce")
+def _parse_text(
+    values: np.ndarray, label: str, found: dict[int, Problem], boolean: bool
+) -> np.ndarray:
+    """CSV: a column with a non-number in it arrives as text; parse the numbers in it (and
+    True/False/true/false for a boolean feature)."""
+    series = pd.Series(values, copy=False)
+    if boolean:
+        series = series.replace(_BOOLEAN_TEXT)
+    parsed = pd.to_numeric(series, errors="coerce")
     floats = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
     for i in np.flatnonzero(np.isnan(floats)).tolist():
         if isinstance(values[i], str):
@@ -73,8 +95,11 @@ def _parse_text(values: np.ndarray, label: str, found: dict[int, Problem]) -> np
     return floats
 
 
-def _coerce_objects(values: np.ndarray, label: str, found: dict[int, Problem]) -> np.ndarray:
-    """JSON values: numbers pass; strings, booleans, nulls and absent keys are named."""
+def _coerce_objects(
+    values: np.ndarray, label: str, found: dict[int, Problem], boolean: bool
+) -> np.ndarray:
+    """JSON values: numbers (and booleans for a boolean feature) pass; strings, other
+    booleans, nulls and absent keys are named."""
     if pd.api.types.infer_dtype(values, skipna=False) in (
         "floating",
         "integer",
@@ -87,7 +112,9 @@ def _coerce_objects(values: np.ndarray, label: str, found: dict[int, Problem]) -
     floats = np.full(len(values), np.nan)
     for i, value in enumerate(values.tolist()):
         kind = type(value)
-        if kind is float or kind is int:
+        if boolean and kind is bool:
+            floats[i] = 1.0 if value else 0.0
+        elif kind is float or kind is int:
             try:
                 floats[i] = value
             except OverflowError:
@@ -99,6 +126,16 @@ def _coerce_objects(values: np.ndarray, label: str, found: dict[int, Problem]) -
         else:
             found[i] = _wrong(label, _describe(value))
     return floats
+
+
+_BOOLEAN_TEXT = {"True": 1.0, "true": 1.0, "TRUE": 1.0, "False": 0.0, "false": 0.0, "FALSE": 0.0}
+
+
+def _missing(value: float, problem: Problem | None) -> bool:
+    """A null, empty or NaN value (not a wrong type, not an absent key, not an infinity)."""
+    if problem is not None:
+        return problem[0] == "missing_value"
+    return bool(np.isnan(value))
 
 
 def _not_finite(value: float, column: Field, i: int, decoded: Decoded, label: str) -> Problem:

@@ -34,6 +34,7 @@ def add_parser(verbs: Any) -> Any:
         help="do not record who registered it (default: $SERVING_RECORD_CREATED_BY, true)",
     )
     safe_register.add_arguments(reg)
+    safe_register.add_nullable_arguments(reg)
     listing = actions.add_parser("list", help="models, versions and aliases")
     show = actions.add_parser("show", help="one model: versions, aliases and whether each loads")
     show.add_argument("name")
@@ -64,6 +65,7 @@ def run(store: StoreBase, args: argparse.Namespace) -> int:
             actor=args.actor,
             policy=safe_register.policy(args),
             created_by=args.created_by,
+            nullable=safe_register.nullable(args),
         )
         print(version)
     elif args.action == "list":

@@ -1,4 +1,5 @@
-"""`models register` options for safe artifacts: --format skops, --trusted-types[-file]."""
+"""`models register` options: safe artifacts (--format skops, --trusted-types[-file]) and
+the features that take missing values (--nullable, --not-nullable)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,28 @@ def add_arguments(register: Any) -> None:
         type=Path,
         help="a reviewed allow-list: one type per line, # comments",
     )
+
+
+def add_nullable_arguments(register: Any) -> None:
+    register.add_argument(
+        "--nullable",
+        default="",
+        help="comma-separated numeric features that take null/NaN (default: probed on the model)",
+    )
+    register.add_argument(
+        "--not-nullable",
+        default="",
+        help="comma-separated features that refuse null/NaN even if the model would answer",
+    )
+
+
+def nullable(args: argparse.Namespace) -> dict[str, bool]:
+    """Feature -> nullable, from --nullable and --not-nullable; naming one in both is an error."""
+    yes = {c.strip() for c in args.nullable.split(",") if c.strip()}
+    no = {c.strip() for c in args.not_nullable.split(",") if c.strip()}
+    if yes & no:
+        raise StoreError(f"--nullable and --not-nullable both name: {', '.join(sorted(yes & no))}")
+    return {**dict.fromkeys(yes, True), **dict.fromkeys(no, False)}
 
 
 def policy(args: argparse.Namespace) -> ArtifactPolicy:

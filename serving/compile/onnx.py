@@ -33,7 +33,8 @@ _OWN_FIELDS = ("name", "version", "artifact", "created_at", "created_by", "sha25
 
 def convert(model: Any, metadata: dict[str, Any]) -> bytes:
     """The model as ONNX bytes: one float tensor input "input" [None, n_features]."""
-    categorical = [f["name"] for f in metadata.get("features", []) if f.get("kind") != "numeric"]
+    features = metadata.get("features", [])
+    categorical = [f["name"] for f in features if f.get("kind") not in ("numeric", "boolean")]
     if categorical:
         raise StoreError(
             "cannot compile to ONNX: the model has categorical features "

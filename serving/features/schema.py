@@ -1,7 +1,11 @@
 """A model's input schema, and the conversion of JSON instances into what `predict` takes.
 
 Numbers are checked with numpy on the whole batch at once; only a batch that fails the fast
-checks is walked value by value, to name the first bad row and feature.
+checks is walked value by value, to name the first bad row and feature. A numeric feature the
+model answers missing values for (`nullable`, probed at register) takes JSON null or NaN, fed
+to the model as NaN; that check runs only when the fast one fails, so it costs nothing otherwise.
+A boolean feature (a bool column of the reference data) takes true/false, fed as 1.0/0.0 as
+scikit-learn fed it when fitting.
 """
 
 from __future__ import annotations
@@ -18,23 +22,37 @@ from serving.errors import InvalidInput
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
+BOOLEAN = "boolean"
+NUMERIC_KINDS = (NUMERIC, BOOLEAN)  # fed to the model as float64
 _NUMBER_TYPES = (int, float)
 
 
 class InputSchema:
-    """What one model version takes: feature count, names, and numeric/categorical kinds."""
+    """What one model version takes: feature count, names, numeric/categorical kinds, and
+    which numeric features may be missing (null or NaN, fed to the model as NaN)."""
 
     def __init__(
-        self, n_features: int, names: Sequence[str] | None, kinds: Sequence[str], frame: bool
+        self,
+        n_features: int,
+        names: Sequence[str] | None,
+        kinds: Sequence[str],
+        frame: bool,
+        nullable: Sequence[bool] | None = None,
     ) -> None:
         if len(kinds) != n_features or (names is not None and len(names) != n_features):
             raise ValueError("feature names and kinds must match n_features")
+        flags = [bool(x) for x in nullable] if nullable is not None else [False] * n_features
+        if len(flags) != n_features:
+            raise ValueError("nullable flags must match n_features")
+        self.nullable = [flag and kind == NUMERIC for flag, kind in zip(flags, kinds)]
+        self._nullable_mask = np.array(self.nullable, dtype=bool)
         self.n_features = n_features
         self.names = list(names) if names is not None else None
         self.kinds = list(kinds)
         self.frame = frame and self.names is not None
         self.labels = self.names or [f"[{i}]" for i in range(n_features)]
-        self.numeric_only = all(kind == NUMERIC for kind in self.kinds)
+        self.numeric_only = all(kind in NUMERIC_KINDS for kind in self.kinds)
+        self._booleans = [kind == BOOLEAN for kind in self.kinds]
         self._getter = _row_getter(self.names) if self.names else None
 
     @classmethod
@@ -46,14 +64,18 @@ class InputSchema:
             names=names,
             kinds=[feature["kind"] for feature in features],
             frame=bool(metadata.get("frame_input")) and names is not None,
+            nullable=[bool(feature.get("nullable", False)) for feature in features],
         )
 
     def without_frame(self) -> InputSchema:
         """The same schema feeding the model a bare float64 array instead of a DataFrame."""
-        return InputSchema(self.n_features, self.names, self.kinds, frame=False)
+        return InputSchema(self.n_features, self.names, self.kinds, False, self.nullable)
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"name": label, "kind": kind} for label, kind in zip(self.labels, self.kinds)]
+        return [
+            {"name": label, "kind": kind, "nullable": flag}
+            for label, kind, flag in zip(self.labels, self.kinds, self.nullable)
+        ]
 
     def convert(self, instances: list[Any], may_have_bools: bool = True) -> Any:
         """Turn JSON instances (rows or objects) into the model's input, or raise InvalidInput.
@@ -85,8 +107,7 @@ class InputSchema:
             raise InvalidInput(f"expected numbers, got dtype {array.dtype}")
         matrix = np.asarray(array, dtype=np.float64)
         if not np.isfinite(matrix).all():
-            row, col = (int(x) for x in np.argwhere(~np.isfinite(matrix))[0])
-            self._bad_value(row, col, float(matrix[row, col]), "a finite number")
+            self._check_finite(matrix)
         return self.to_model_input(matrix)
 
     def to_model_input(self, matrix: np.ndarray) -> Any:
@@ -144,9 +165,17 @@ class InputSchema:
         if matrix.dtype.kind != "f" or matrix.dtype != np.float64:
             matrix = matrix.astype(np.float64)
         if not np.isfinite(matrix).all():
-            row, col = (int(x) for x in np.argwhere(~np.isfinite(matrix))[0])
-            self._bad_value(row, col, float(matrix[row, col]), "a finite number")
+            self._check_finite(matrix)
         return matrix
+
+    def _check_finite(self, matrix: np.ndarray) -> None:
+        """Raise for the first value that is not finite, unless it is NaN in a nullable column."""
+        bad = ~np.isfinite(matrix)
+        if self._nullable_mask.any():
+            bad &= ~(np.isnan(matrix) & self._nullable_mask)
+        if bad.any():
+            row, col = (int(x) for x in np.argwhere(bad)[0])
+            self._bad_value(row, col, float(matrix[row, col]), "a finite number")
 
     def _numeric_slow(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
         """Walk the batch to find the first bad value; convert it if nothing is wrong."""
@@ -162,10 +191,9 @@ class InputSchema:
             self._check_row(i, row)
         columns: dict[str, Any] = {}
         for j, (label, kind, column) in enumerate(zip(self.labels, self.kinds, zip(*rows))):
-            if kind == NUMERIC:
+            if kind != CATEGORICAL:
                 if not all(type(v) in _NUMBER_TYPES for v in column) or not _all_finite(column):
-                    for i, value in enumerate(column):
-                        self._number(i, j, value)
+                    column = tuple(self._number(i, j, value) for i, value in enumerate(column))
                 columns[label] = np.array(column, dtype=np.float64)
             else:
                 if not all(type(v) is str for v in column):
@@ -192,6 +220,8 @@ class InputSchema:
 
     def _number(self, i: int, j: int, value: Any) -> float:
         kind = type(value)
+        if (kind is bool or kind is np.bool_) and self._booleans[j]:
+            return 1.0 if value else 0.0
         if kind is float:
             if math.isfinite(value):
                 return value
@@ -200,11 +230,17 @@ class InputSchema:
                 return float(value)
             except OverflowError:
                 pass
+        if self.nullable[j] and (value is None or (kind is float and math.isnan(value))):
+            return math.nan
         self._bad_value(i, j, value, "a finite number")
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _bad_value(self, i: int, j: int, value: Any, expected: str) -> None:
         label = self.labels[j]
+        if self._booleans[j] and expected == "a finite number":
+            expected = "true, false or a number"
+        elif self.nullable[j] and expected == "a finite number":
+            expected = "a finite number or null"
         raise InvalidInput(
             f"instance {i}, feature {label!r}: expected {expected}, got {_describe(value)}",
             {"row": i, "feature": label, "column": j},
@@ -226,15 +262,15 @@ def _all_finite(column: Sequence[Any]) -> bool:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), "null" if value is None else "a number"
-    )
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    kinds[np.bool_] = "a boolean"
+    return kinds.get(type(value), "null" if value is None else "a number")
 
 
 def _describe(value: Any) -> str:
     if value is None:
         return "null"
-    if type(value) is bool:
+    if type(value) is bool or type(value) is np.bool_:
         return f"a boolean ({'true' if value else 'false'})"
     if type(value) is str:
         shown = value if len(value) <= 40 else value[:37] + "..."

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.features.schema import NUMERIC, InputSchema
+from serving.features.schema import NUMERIC, NUMERIC_KINDS, InputSchema
 from serving.monitoring.counts import Key, bucket_of
 from serving.monitoring.drift import CONFIDENCE, OTHER, PREDICTION, ROWS
 
@@ -32,7 +32,7 @@ class Profile:
             ref = ref_features.get(label)
             if not ref:
                 continue
-            if kind == NUMERIC and ref.get("kind") == "numeric":
+            if kind in NUMERIC_KINDS and ref.get("kind") == "numeric":
                 edges = np.asarray(ref.get("edges") or [], dtype=np.float64)
                 low, high = ref.get("min", -np.inf), ref.get("max", np.inf)
                 self.features.append((j, label, NUMERIC, (edges, low, high)))

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from serving.errors import InvalidInput, MalformedRequest
-from serving.features.schema import CATEGORICAL, InputSchema
+from serving.features.schema import BOOLEAN, CATEGORICAL, InputSchema
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _REQUIRED = f"the input must be a JSON object with exactly one of the fields {', '.join(FORMATS)}"
@@ -149,14 +149,24 @@ def csv_matrix(frame: pd.DataFrame, schema: InputSchema) -> np.ndarray:
     """A numeric model's CSV as a float matrix; InvalidInput naming the first non-number."""
     for j, column in enumerate(frame.columns):
         values = frame.iloc[:, j]
+        if values.dtype.kind == "b" and schema.kinds[j] == BOOLEAN:
+            continue  # True/False/true/false: 1.0/0.0, as the model was fitted
         if values.dtype.kind not in "fiu":
             i = _first_non_number(values.tolist())
+            shown = values.iloc[i]
             raise InvalidInput(
                 f"instance {i}, feature {schema.labels[j]!r}: expected a number, "
-                f"got {values.iloc[i]!r}",
+                f"got {_shown(shown)}",
                 {"row": i, "feature": schema.labels[j], "column": str(column)},
             )
     return frame.to_numpy(dtype=np.float64)
+
+
+def _shown(value: Any) -> str:
+    """A CSV value as its text: never a numpy repr such as np.True_."""
+    if isinstance(value, (bool, np.bool_)):
+        return repr(str(bool(value)))
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def csv_rows(frame: pd.DataFrame) -> list[list[Any]]:

@@ -83,7 +83,9 @@ def model_metadata(loaded: LoadedModel, versions: list[int]) -> dict[str, Any]:
         "name": loaded.name,
         "versions": [str(v) for v in versions],
         "platform": PLATFORM,
-        "inputs": [input_spec(loaded).to_dict()],
+        "inputs": [
+            {**input_spec(loaded).to_dict(), "parameters": {"features": loaded.schema.describe()}}
+        ],
         "outputs": [spec.to_dict() for spec in output_specs(loaded).values()],
     }
 

@@ -207,6 +207,8 @@ class _Tensor:
         except (ValueError, TypeError, OverflowError):  # ragged nesting, huge integers
             raise InvalidInput(f"{self.what}: data is not a rectangular array of numbers") from None
         kinds = "iu" if self.dtype.kind in "iu" else "iuf"
+        if array.dtype.kind == "O" and kinds == "iuf" and _numbers_and_nulls(array):
+            array = array.astype(np.float64)  # null -> NaN; the schema says where it may be
         if array.dtype.kind not in kinds or (may_have_bools and _has_bool(data)):
             expected = "integers" if kinds == "iu" else "numbers"
             raise InvalidInput(f"{self.what}: {self.datatype} data must hold only {expected}")
@@ -223,6 +225,14 @@ class _Tensor:
         if lost.any():
             raise InvalidInput(f"{self.what}: data holds values out of range for {self.datatype}")
         return typed
+
+
+def _numbers_and_nulls(array: np.ndarray) -> bool:
+    """An FP tensor's JSON data may hold null (a missing value) among its numbers."""
+    values = array.ravel().tolist()
+    return any(v is None for v in values) and all(
+        v is None or type(v) is int or type(v) is float for v in values
+    )
 
 
 def _has_bool(data: Any) -> bool:

@@ -18,7 +18,7 @@ import sklearn
 from sklearn.base import is_classifier, is_regressor
 
 from serving.errors import StoreError
-from serving.features.schema import CATEGORICAL, NUMERIC, InputSchema
+from serving.features.schema import BOOLEAN, CATEGORICAL, NUMERIC, InputSchema
 
 ARTIFACT_NAME = "model.joblib"
 ACCEPTED_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -45,14 +45,23 @@ def read_artifact(path: Path) -> Any:
 
 
 def describe_model(
-    model: Any, reference: pd.DataFrame | None, categorical: set[str] | None = None
+    model: Any,
+    reference: pd.DataFrame | None,
+    categorical: set[str] | None = None,
+    nullable: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
-    """The metadata fields that come from the fitted model and its reference data."""
+    """The metadata fields that come from the fitted model and its reference data.
+
+    `nullable` overrides the probe of which numeric features the model answers NaN for.
+    """
     names = _feature_names(model)
     n_features = _n_features(model, names, reference)
     kinds = _feature_kinds(model, names, n_features, reference, categorical or set())
     schema = InputSchema(n_features, names, kinds, frame=names is not None)
     sample = _sample_rows(schema, reference, model)
+    _smoke_test(model, schema, sample)
+    flags = _nullable_flags(model, schema, sample, nullable or {})
+    schema = InputSchema(n_features, names, kinds, names is not None, flags)
     task = "classifier" if is_classifier(model) else "regressor" if is_regressor(model) else "other"
     classes = getattr(model, "classes_", None)
     meta: dict[str, Any] = {
@@ -62,14 +71,13 @@ def describe_model(
         "predict_proba": task == "classifier" and hasattr(model, "predict_proba"),
         "n_features": n_features,
         "feature_names": names,
-        "features": [{"name": label, "kind": kind} for label, kind in zip(schema.labels, kinds)],
+        "features": schema.describe(),
         "frame_input": names is not None,
         "sample_input": sample,
         "python_version": platform.python_version(),
         "sklearn_version": sklearn.__version__,
         "numpy_version": np.__version__,
     }
-    _smoke_test(model, schema, sample)
     if reference is not None:
         from serving.store.reference import reference_statistics
 
@@ -113,7 +121,9 @@ def _feature_kinds(
     if reference is not None:
         columns = _reference_columns(reference, names, n_features)
         for j, column in enumerate(columns):
-            if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            if pd.api.types.is_bool_dtype(column):
+                kinds[j] = BOOLEAN if kinds[j] == NUMERIC else kinds[j]
+            elif not pd.api.types.is_numeric_dtype(column):
                 kinds[j] = CATEGORICAL
     unknown = categorical - set(labels)
     if unknown:
@@ -221,6 +231,39 @@ def _smoke_test(model: Any, schema: InputSchema, sample: list[list[Any]]) -> Non
             f"the model failed to predict on its sample input ({type(exc).__name__}: {exc}); "
             "pass --reference-data with real rows, or --categorical for string features"
         ) from None
+
+
+def _nullable_flags(
+    model: Any, schema: InputSchema, sample: list[list[Any]], overrides: dict[str, bool]
+) -> list[bool]:
+    """Per feature: does the model answer the sample row with that (numeric) feature NaN?"""
+    unknown = set(overrides) - set(schema.labels)
+    if unknown:
+        raise StoreError(f"--nullable names unknown features: {', '.join(sorted(unknown))}")
+    text = [n for n, k in zip(schema.labels, schema.kinds) if k != NUMERIC and overrides.get(n)]
+    if text:
+        raise StoreError(f"--nullable names categorical features: {', '.join(text)}")
+    probe = InputSchema(
+        schema.n_features, schema.names, schema.kinds, schema.frame, [True] * schema.n_features
+    )
+    flags = []
+    for j, (label, kind) in enumerate(zip(schema.labels, schema.kinds)):
+        if label in overrides:
+            flags.append(overrides[label])
+        else:
+            flags.append(kind == NUMERIC and _answers_nan(model, probe, sample[0], j))
+    return flags
+
+
+def _answers_nan(model: Any, probe: InputSchema, row: list[Any], j: int) -> bool:
+    """scikit-learn's NaN checks stay on here, whatever a server in this process set."""
+    try:
+        with warnings.catch_warnings(), sklearn.config_context(assume_finite=False):
+            warnings.simplefilter("ignore")
+            answer = np.asarray(model.predict(probe.convert([[*row[:j], None, *row[j + 1 :]]])))
+    except Exception:  # the model refuses NaN there: the feature is not nullable
+        return False
+    return answer.dtype.kind not in "fc" or bool(np.isfinite(answer).all())
 
 
 def _plain(value: Any) -> Any:

@@ -42,19 +42,22 @@ def prepare(
     reference: pd.DataFrame | None,
     categorical: set[str] | None,
     policy: ArtifactPolicy | None = None,
+    nullable: dict[str, bool] | None = None,
 ) -> Iterator[Prepared]:
-    """The publishable form of `artifact` (a converted file lives until the block ends)."""
+    """The publishable form of `artifact` (a converted file lives until the block ends).
+
+    `nullable` overrides, per feature, the probe of whether the model takes missing values."""
     policy = policy or ArtifactPolicy()
     artifact = Path(artifact)
     if artifact.suffix.lower() == skops_format.SKOPS_SUFFIX:
         model, needed = skops_format.load_accepted(artifact, policy.trusted_types)
-        described = artifacts.describe_model(model, reference, categorical)
+        described = artifacts.describe_model(model, reference, categorical, nullable)
         yield Prepared(artifact, skops_format.SKOPS_ARTIFACT, _skops_fields(described, needed))
         return
     if artifact.suffix.lower() in PICKLE_SUFFIXES and not pickle_allowed(policy.allow_pickle):
         raise StoreError(refusal(artifact.name))
     model = artifacts.read_artifact(artifact)
-    described = artifacts.describe_model(model, reference, categorical)
+    described = artifacts.describe_model(model, reference, categorical, nullable)
     if not policy.to_skops:
         yield Prepared(artifact, artifacts.ARTIFACT_NAME, described)
         return

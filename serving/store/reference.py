@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.features.schema import NUMERIC, InputSchema
+from serving.features.schema import NUMERIC_KINDS, InputSchema
 
 MAX_ROWS = 100_000  # rows summarised (a uniform sample beyond that)
 MAX_PREDICT_ROWS = 10_000  # rows run through the model for the output distributions
@@ -30,7 +30,7 @@ def reference_statistics(
     if len(frame) > MAX_ROWS:
         frame = frame.sample(MAX_ROWS, random_state=0)
     features = {
-        label: (_numeric if kind == NUMERIC else _categorical)(frame.iloc[:, j])
+        label: (_numeric if kind in NUMERIC_KINDS else _categorical)(frame.iloc[:, j])
         for j, (label, kind) in enumerate(zip(schema.labels, schema.kinds))
     }
     stats: dict[str, Any] = {"rows": len(frame), "features": features}
@@ -45,7 +45,7 @@ def numeric_histogram(values: np.ndarray, edges: list[float]) -> list[int]:
 
 
 def _numeric(column: pd.Series) -> dict[str, Any]:
-    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     present = values[np.isfinite(values)]
     out: dict[str, Any] = {
         "kind": "numeric",

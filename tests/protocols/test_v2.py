@@ -107,12 +107,26 @@ def test_ready_is_503_with_an_error_while_a_deployed_model_cannot_load(
     assert client.get("/v2/models/diabetes/ready").get_json() == {"name": "diabetes", "ready": True}
 
 
+IRIS_NAMES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+
+
+def _numeric(name: str) -> dict[str, Any]:
+    return {"name": name, "kind": "numeric", "nullable": False}
+
+
 def test_classifier_metadata_has_label_and_probability_outputs(client: FlaskClient) -> None:
     assert client.get("/v2/models/iris").get_json() == {
         "name": "iris",
         "versions": ["1"],
         "platform": "sklearn",
-        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}],
+        "inputs": [
+            {
+                "name": "input-0",
+                "datatype": "FP64",
+                "shape": [-1, 4],
+                "parameters": {"features": [_numeric(name) for name in IRIS_NAMES]},
+            }
+        ],
         "outputs": [
             {"name": "predict", "datatype": "BYTES", "shape": [-1]},
             {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 3]},
@@ -122,7 +136,9 @@ def test_classifier_metadata_has_label_and_probability_outputs(client: FlaskClie
 
 def test_regressor_metadata_has_one_fp64_output(client: FlaskClient) -> None:
     body = client.get("/v2/models/diabetes/versions/1").get_json()
-    assert body["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 10]}]
+    assert [{k: v for k, v in i.items() if k != "parameters"} for i in body["inputs"]] == [
+        {"name": "input-0", "datatype": "FP64", "shape": [-1, 10]}
+    ]
     assert body["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
 
 
