@@ -11,7 +11,9 @@ one of them, it is re-armed for a moment instead, and raised in the greenlet tha
 
 Limits: one long call into C (a single huge matrix product) is interrupted only when it
 returns; in a thread (gthread workers, a test client in a thread) there is no alarm and no
-deadline, and gunicorn's own `timeout` (which kills the worker) stays the last resort.
+deadline, and gunicorn's own `timeout` (which kills the worker) stays the last resort. One
+deadline per process: a greenlet that arms while another's deadline is armed replaces it (a
+prediction rarely yields, so two rarely overlap).
 """
 
 from __future__ import annotations
