@@ -260,3 +260,19 @@ def test_batch_scores_rows_with_missing_values(
     scored = pd.read_csv(io.BytesIO(out.read_bytes()))
     assert scored["prediction"].tolist() == joblib.load(hgb_artifact).predict(frame).tolist()
     assert frame["a"].isna().any()
+
+
+def test_monitoring_counts_nulls_as_missing_not_as_errors(
+    store: ModelStore, imputer_artifact: Path, tmp_path: Path, make_app: Callable[..., Flask]
+) -> None:
+    rows = pd.DataFrame({"income": [50.0, np.nan, 61.0], "age": [30.0, 40.0, np.nan]})
+    reference = tmp_path / "train.csv"
+    rows.assign(plan=["pro", "basic", "pro"]).to_csv(reference, index=False)
+    register(store, "churn", imputer_artifact, "--reference-data", str(reference))
+    client = make_app().test_client()
+    objects = [{"income": None, "age": 33.0, "plan": "pro"}] * 4
+    response = client.post("/v1/models/churn/predict", json={"instances": objects})
+    assert response.status_code == 200, response.get_json()
+    metadata = store.read_metadata("churn", 1)
+    assert metadata["reference_stats"]["features"]["income"]["missing_rate"] > 0
+    assert client.get("/v1/models/churn/monitoring").status_code == 200
