@@ -138,6 +138,7 @@ class ModelPanelSchema(Schema):
     shadows = fields.Dict(required=True)
     traffic = fields.List(fields.Nested(VersionTrafficSchema), required=True)
     drift = fields.Nested(DriftSummarySchema, required=True)
+    problem = fields.String(metadata={"description": "why deployment.json was refused, if it was"})
 
 
 class SwapSchema(Schema):

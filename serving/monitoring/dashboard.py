@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from serving.errors import ModelNotFound, ServingError
+from serving.errors import DeploymentDamaged, ModelNotFound, ServingError
 from serving.monitoring import traffic
 from serving.monitoring.counts import COMPONENT, MIGRATIONS
 from serving.monitoring.report import build_report
@@ -209,9 +209,10 @@ def build_dashboard(
     names = [model] if model is not None else store.list_models()
     models = []
     for name in names:
-        deployment = store.read_deployment(name)
+        deployment, problem = _deployment(store, name)
         models.append(
             {
+                **problem,
                 "name": name,
                 "aliases": deployment["aliases"],
                 "routes": deployment.get("routes") or {},
@@ -236,6 +237,14 @@ def build_dashboard(
         "models": models,
         "swaps": recent_swaps(store, names),
     }
+
+
+def _deployment(store: StoreBase, name: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """A model's deployment, or none and why: one damaged model must not blank the others."""
+    try:
+        return store.read_deployment(name), {}
+    except DeploymentDamaged as exc:
+        return {"aliases": {}}, {"problem": exc.message}
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:

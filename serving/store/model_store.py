@@ -74,11 +74,17 @@ class ModelStore(StoreBase):
         return sorted(
             entry.name
             for entry in os.scandir(self.root)
-            if entry.is_dir() and NAME_RE.match(entry.name) and not entry.name.startswith(".")
+            if entry.is_dir()
+            and NAME_RE.match(entry.name)
+            and not entry.name.startswith(".")
+            and _holds_a_model(entry.path)
         )
 
     def exists(self, name: str) -> bool:
-        return bool(NAME_RE.match(name)) and self.model_dir(name).is_dir()
+        if not NAME_RE.match(name):
+            return False
+        path = self.model_dir(name)
+        return path.is_dir() and _holds_a_model(path)
 
     def _existing(self, name: str) -> Path:
         """The folder of a stored model; ModelNotFound (not a name error) for readers."""
@@ -247,3 +253,10 @@ class ModelStore(StoreBase):
             append_line(self.model_dir(name) / HISTORY, json.dumps(event).encode())
         except OSError as exc:
             raise StoreError(f"could not append to {HISTORY}: {exc.strerror or exc}") from None
+
+
+def _holds_a_model(path: str | Path) -> bool:
+    """A model folder holds a version, a deployment or a history. A register that failed (a
+    full disk) or died before it published leaves at most its lock file: no model to list."""
+    with os.scandir(path) as entries:
+        return any(e.name.isdigit() or e.name in (DEPLOYMENT, HISTORY) for e in entries)

@@ -15,6 +15,7 @@ deployment with a conditional GET and fetch artifacts once per machine into an A
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -281,10 +282,9 @@ class S3Store(StoreBase):
                 except ValueError:
                     continue
             events.append(self._events[key])
-        try:
+        last = None
+        with contextlib.suppress(DeploymentDamaged):  # damaged: the events written out only
             last = self._read_deployment(name)[0].get("last_event")
-        except DeploymentDamaged:  # the events written out are all there is
-            last = None
         if last and f"{int(last['revision']):012d}-a.json" not in keys:
             events.append(last)  # the newest change, not yet written out as its own object
         return events
@@ -314,10 +314,20 @@ class S3Store(StoreBase):
                 self.client.upload_file(
                     str(artifact), self._where.bucket, self._key(name, str(version), target)
                 )
-            if self._put(self._key(name, str(version), METADATA), body, IfNoneMatch="*") is None:
-                raise StoreError(f"{name} v{version} was published by another writer")
-        except StoreError as exc:
+            written = self._put(self._key(name, str(version), METADATA), body, IfNoneMatch="*")
+        except StoreError as exc:  # a full or failing store: leave no claim to list
+            with contextlib.suppress(Exception):
+                self._unclaim(name, version, target)
             raise StoreError(f"could not write version {version}: {exc}") from None
+        if written is None:
+            raise StoreError(f"could not write version {version}: another writer published it")
+
+    def _unclaim(self, name: str, version: int, target: str) -> None:
+        """An unpublished version's keys gone, and the folders SeaweedFS would list."""
+        for key in [self._key(name, str(version), part) for part in (target, CLAIM, "")]:
+            self.client.delete_object(Bucket=self._where.bucket, Key=key)
+        if not self._list(self._key(name) + "/")[0]:
+            self.client.delete_object(Bucket=self._where.bucket, Key=self._key(name) + "/")
 
     def import_version(
         self, name: str, version: int, folder: Path, metadata: dict[str, Any]

@@ -53,3 +53,16 @@ def test_fresh_worker_with_nothing_to_fall_back_to_is_not_ready(
     assert shown.status_code == 503
     assert shown.json["error"]["code"] == "deployment_damaged"
     assert "Traceback" not in shown.get_data(as_text=True)
+
+
+def test_dashboard_data_answers_with_the_damaged_model_flagged(
+    served: ModelStore, make_app: Callable[..., Flask]
+) -> None:
+    damage_deployment(served, "iris")
+    client = make_app().test_client()
+    data = client.get("/v1/dashboard/data")
+    assert data.status_code == 200
+    iris = next(m for m in data.json["models"] if m["name"] == "iris")
+    assert iris["aliases"] == {} and "not valid JSON" in iris["problem"]
+    diabetes = next(m for m in data.json["models"] if m["name"] == "diabetes")
+    assert diabetes["aliases"] == {"production": 1}
