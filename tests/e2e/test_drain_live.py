@@ -86,7 +86,7 @@ class Load:
         return raw.split(b" ", 2)[1].decode()
 
 
-@pytest.mark.parametrize("worker_class", ["gevent", "sync"])
+@pytest.mark.parametrize("worker_class", ["gevent", "sync", "gthread"])
 def test_sigterm_drains_then_answers_every_accepted_connection(
     copy_store: Callable[[], Path],
     start_server: Callable[..., GunicornServer],
