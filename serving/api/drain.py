@@ -75,12 +75,20 @@ def _drain_then_stop(server: Any, seconds: float, directory: str) -> Callable[[]
         server.log.info("draining for %s s: readiness answers 503, routes still serve", seconds)
         if _wait(server, time.monotonic() + seconds):
             server.log.info("drain cut short by a second signal")
-        sockets = [listener.sock for listener in server.LISTENERS]
-        queued = empty_queues(sockets, time.monotonic() + QUEUE_WAIT)
-        server.log.info("listen queue emptied, %d connections left; graceful stop", queued)
+        if _owns_sockets(server):
+            sockets = [listener.sock for listener in server.LISTENERS]
+            queued = empty_queues(sockets, time.monotonic() + QUEUE_WAIT)
+            server.log.info("listen queue emptied, %d connections left; graceful stop", queued)
         raise StopIteration  # gunicorn's own SIGTERM: a graceful stop (Arbiter.halt)
 
     return handle_term
+
+
+def _owns_sockets(server: Any) -> bool:
+    """Whether the listening sockets are this master's alone: not shared with a USR2 successor
+    or predecessor, nor held by systemd (a filter would outlive this master there). The
+    condition under which gunicorn itself unlinks a unix socket at its stop."""
+    return server.reexec_pid == server.master_pid == 0 and not server.systemd
 
 
 def _wait(server: Any, deadline: float) -> bool:

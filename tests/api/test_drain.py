@@ -27,6 +27,8 @@ class Arbiter:
         self.log = logging.getLogger("test.arbiter")
         self.LISTENERS: list[Any] = []
         self.calls: list[str] = []
+        self.reexec_pid = self.master_pid = 0
+        self.systemd = False
 
     def wait_for_signals(self, timeout: float) -> list[int]:
         if self.signals:
@@ -84,6 +86,23 @@ def test_sigint_or_sigquit_during_the_drain_stops_at_once(tmp_path: Path, signum
     with pytest.raises(StopIteration):
         arbiter.handle_term()  # type: ignore[attr-defined]
     assert arbiter.calls == ["stop graceful=False"]
+
+
+def test_the_queue_of_a_socket_shared_with_a_usr2_successor_is_left_open(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        arbiter = Arbiter([signal.SIGTERM])
+        arbiter.LISTENERS = [type("Listener", (), {"sock": listener})()]
+        arbiter.reexec_pid = 4242  # the new master serves from the same socket
+        drain.install(arbiter, 30, str(tmp_path))
+        with pytest.raises(StopIteration):
+            arbiter.handle_term()  # type: ignore[attr-defined]
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass  # still accepted into the queue: no SYN filter
 
 
 def test_emptying_the_queue_refuses_new_connections_and_keeps_queued_ones() -> None:
