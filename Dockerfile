@@ -2,7 +2,8 @@
 #   docker build -t serving .
 #   docker run -p 8000:8000 -v serving-models:/models serving
 #   docker exec <container> python -m serving demo     # optional: train the demo models
-# Stop with a grace period above gunicorn's graceful_timeout (30 s): `docker stop -t 35`.
+# Stop with a grace period above the drain (5 s), emptying the listen queue (up to 2 s) and
+# gunicorn's graceful_timeout (30 s): `docker stop -t 40` (docs/deployment.md "Shutdown").
 
 # Both stages use the same base: the venv's interpreter is a symlink to the base's python3.11,
 # so it only works in an identical runtime image. The default is the official pinned image;

@@ -86,6 +86,11 @@ max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "10000"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 # On SIGTERM, workers finish in-flight requests for up to this long before being killed (10-60).
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+# On SIGTERM, first drain for this long: GET /health/ready answers 503 "draining" so load
+# balancers stop sending new connections, while every route keeps answering; then the graceful
+# stop above. A second SIGTERM ends the drain early, SIGINT/SIGQUIT stop at once. 0: no drain.
+# Keep the orchestrator's grace period above drain + graceful_timeout (0-60).
+drain_seconds = float(os.environ.get("SERVING_DRAIN_SECONDS", "5"))
 # Seconds an idle kept-alive connection stays open (1-75; sync workers close after each
 # response). gevent also allows this long for a request's headers to arrive, from the
 # connection's opening: a client that stalls mid-headers is dropped after it. Keep it > 0 with
@@ -158,6 +163,16 @@ def on_starting(server):
             os.remove(stale)
     _master["server"] = server
     server.log.info("prometheus multiprocess directory %s", path)
+    from serving.api.drain import install
+
+    install(server, drain_seconds, path)
+
+
+def on_exit(server):
+    """The master leaves: its drain flag (serving.api.drain) goes with it."""
+    from serving.api.drain import remove_flag
+
+    remove_flag(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def post_worker_init(worker):

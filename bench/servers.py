@@ -208,6 +208,7 @@ def ours(
             "SERVING_STATSD_HOST": "127.0.0.1",
             "SERVING_STATSD_PORT": str(statsd_port),
             "SERVING_STATSD_PREFIX": "bench",
+            "SERVING_DRAIN_SECONDS": "0",  # a benchmark's stop need not wait for load balancers
             "SERVING_LOG_LEVEL": "INFO",
         }
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
+from serving.api.drain import draining
 from serving.api.jsonio import json_response
 from serving.api.openapi import doc
 from serving.api.schemas import HealthSchema
@@ -20,11 +21,13 @@ def live() -> Response:
 
 @bp.get("/ready")
 @doc(
-    "Readiness: every deployed model has a loaded version",
+    "Readiness: every deployed model has a loaded version and the server is not draining",
     "health",
     {200: HealthSchema, 503: HealthSchema},
 )
 def ready() -> Response:
+    if draining():  # SIGTERM received: load balancers must stop sending (serving.api.drain)
+        return json_response({"status": "not_ready", "reason": "draining"}, 503)
     ok, waiting = get_state().loader.ready()
     if ok:
         return json_response({"status": "ready"})

@@ -164,6 +164,7 @@ class VersionMetadataSchema(Schema):
 class HealthSchema(Schema):
     status = fields.String(required=True)
     waiting = fields.Dict(keys=fields.String(), values=fields.String())
+    reason = fields.String()  # "draining": SIGTERM received (serving.api.drain)
 
 
 # -- the admin API: request bodies (strict) and answers -----------------------------------

@@ -10,6 +10,7 @@ selects these classes (`GUNICORN_WORKER_CLASS`: sync, gthread; gevent in
 from __future__ import annotations
 
 import json
+import time
 from ssl import SSLError
 from typing import Any
 
@@ -27,6 +28,8 @@ from gunicorn.http.errors import (
 )
 from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
 from gunicorn.workers.sync import SyncWorker as _SyncWorker
+
+from serving.api.drain import draining
 
 # A message echoes what the client sent (a request line, a header name): at most this much.
 _MESSAGE_CHARS = 200
@@ -98,7 +101,35 @@ class JsonErrors:
 
 
 class SyncWorker(JsonErrors, _SyncWorker):
-    """gunicorn's sync worker (one connection at a time) with our JSON errors."""
+    """gunicorn's sync worker (one connection at a time) with our JSON errors; on a graceful
+    exit it answers the connections already queued on its socket before it leaves."""
+
+    def run(self) -> None:
+        super().run()
+        # SIGTERM of a stopping master (not a recycle or a HUP: the socket stays open for the
+        # other workers then). A SIGQUIT exits in its handler and never gets here.
+        if not self.alive and draining():
+            self.drain_queue(time.monotonic() + self.cfg.graceful_timeout)
+
+    def drain_queue(self, deadline: float) -> None:
+        """Accept (non-blocking) and answer each connection waiting in the listen queue until
+        it is empty or `deadline`: the kernel resets those left when the last copy of the
+        listening socket closes. Another worker may take some; that is fine."""
+        answered = 0
+        for listener in self.sockets:
+            while time.monotonic() < deadline:
+                self.notify()
+                try:
+                    self.accept(listener)
+                except (BlockingIOError, InterruptedError):
+                    break  # EAGAIN: nothing queued any more
+                except ConnectionAbortedError:
+                    continue  # that client left while queued: the next one
+                except OSError:
+                    break  # the socket is gone
+                answered += 1
+        if answered:
+            self.log.info("answered %d queued connections before exiting", answered)
 
 
 class ThreadWorker(JsonErrors, _ThreadWorker):

@@ -29,6 +29,7 @@ import pytest
 import yaml
 from flask import Flask
 
+from serving.api.drain import QUEUE_WAIT
 from serving.api.state import get_state
 from serving.app import create_app
 from serving.settings import Settings
@@ -210,7 +211,7 @@ class Recording(dict):
 
 os.environ = Recording(json.loads(sys.argv[1]))
 conf = runpy.run_path("gunicorn.conf.py")
-names = ("graceful_timeout", "timeout", "workers", "bind", "worker_tmp_dir")
+names = ("graceful_timeout", "drain_seconds", "timeout", "workers", "bind", "worker_tmp_dir")
 out = {name: conf[name] for name in names}
 out["prometheus_dir"] = dict.get(os.environ, "PROMETHEUS_MULTIPROC_DIR")
 out["asked"] = sorted(Recording.asked)
@@ -276,12 +277,17 @@ def test_every_rendered_manifest_passes_the_kubernetes_schemas_strictly(
 # -- shutdown and start ------------------------------------------------------------------------
 
 
-def test_grace_period_outlasts_prestop_sleep_and_gunicorn_graceful_timeout(pod: Pod) -> None:
+def test_grace_period_outlasts_prestop_sleep_drain_and_gunicorn_graceful_timeout(
+    pod: Pod,
+) -> None:
     command = pod.container["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep" and len(command) == 2, command
-    graceful = gunicorn_config(pod.environment())["graceful_timeout"]
+    config = gunicorn_config(pod.environment())
+    graceful, drain = config["graceful_timeout"], config["drain_seconds"]
     grace = pod.spec["terminationGracePeriodSeconds"]
-    assert grace > float(command[1]) + graceful, (grace, command, graceful)
+    # The drain, then up to QUEUE_WAIT (serving.api.drain) to empty the listen queue.
+    budget = float(command[1]) + drain + QUEUE_WAIT + graceful
+    assert grace > budget, (grace, command, drain, graceful)
 
 
 def test_startup_probe_waits_longer_than_gunicorn_lets_a_worker_boot(pod: Pod) -> None:

@@ -412,6 +412,8 @@ def server_env(
             "SERVING_STATSD_HOST": "127.0.0.1",
             "SERVING_STATSD_PORT": str(statsd_port),
             "SERVING_STATSD_PREFIX": "test",
+            # No drain on SIGTERM (5 s each stop): test_drain_live turns it on.
+            "SERVING_DRAIN_SECONDS": "0",
             **(extra or {}),
         }
     )
