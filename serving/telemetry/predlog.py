@@ -126,7 +126,7 @@ class SQLiteRecorder(Recorder):
         self.dropped = 0  # queue full (also while the store is down and the queue fills)
         self.failed = 0  # lost to a write error that will not pass (bad data)
         self.written = 0
-        self.losses = Losses(on_drop)  # every record lost, by reason
+        self.losses = Losses(on_drop, clock)  # every record lost, by reason
 
     # -- the request path ------------------------------------------------------------------
 
