@@ -81,7 +81,14 @@ def test_model_readiness_and_metadata(triton: Any) -> None:
     assert not triton.is_model_ready("nope")
     metadata = triton.get_model_metadata("iris")
     assert metadata["versions"] == ["1", "2", "3"] and metadata["platform"] == "sklearn"
-    assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]
+    (tensor,) = metadata["inputs"]
+    assert {k: tensor[k] for k in ("name", "datatype", "shape")} == {
+        "name": "input-0",
+        "datatype": "FP64",
+        "shape": [-1, 4],
+    }
+    features = tensor["parameters"]["features"]  # what each column is, nullable or not
+    assert [f["nullable"] for f in features] == [False] * 4
     assert [o["name"] for o in metadata["outputs"]] == ["predict", "predict_proba"]
     pinned = triton.get_model_metadata("diabetes", "1")
     assert pinned["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
