@@ -203,9 +203,9 @@ class Scorer:
         rows = len(kept)
         key = ids.take(pa.array(kept, pa.int64())) if ids is not None else pa.array(start + kept)
         columns: dict[str, Any] = {self._id_name: key}
-        if predictions.ndim == 2:
-            for j, name in enumerate(self._prediction_names):
-                columns[name] = pa.array(predictions[:, j])
+        if predictions.ndim == 2:  # by the answer: metadata older than `outputs` lacks it
+            for j in range(predictions.shape[1]):
+                columns[f"prediction_{j}"] = pa.array(predictions[:, j])
         else:
             columns["prediction"] = pa.array(predictions)
         for j, name in enumerate(self._proba_names):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.multiclass import OneVsRestClassifier
 
 from serving.cli.main import main
+from serving.monitoring.binning import Profile, add_request
+from serving.monitoring.counts import bucket_of
+from serving.monitoring.drift import PREDICTION
+from serving.monitoring.drift import ROWS as ROWS_KEY
 from serving.runtime.predict import PredictionResult
 from serving.store.model_store import ModelStore
 
@@ -205,3 +210,18 @@ def test_class_counts_skip_multi_output_answers() -> None:
     assert result.class_counts() == []
     one = PredictionResult("m", 1, np.array([0, 1, 1]), None, [0, 1], rows=3)
     assert sorted(one.class_counts()) == [(0, 1), (1, 2)]
+
+
+@pytest.mark.parametrize("kind", list(MULTI))
+def test_drift_counts_take_multi_output_answers(
+    store: ModelStore, registered: dict[str, Path], kind: str
+) -> None:
+    """Features are binned as for any model; a 2-D answer adds no prediction counts."""
+    counts: dict[Any, float] = defaultdict(float)
+    profile = Profile(store.read_metadata(kind, 1))
+    frame = pd.DataFrame(ROWS, columns=COLUMNS)
+    answer = joblib.load(registered[kind]).predict(frame)
+    add_request(counts, profile, kind, 1, 0.0, frame, answer, None)
+    assert counts[(kind, 1, bucket_of(0.0), ROWS_KEY, "n")] == len(ROWS)
+    assert not [key for key in counts if key[3] == PREDICTION]
+    assert [key for key in counts if key[3] == "a"]
