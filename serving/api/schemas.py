@@ -131,6 +131,10 @@ class ModelDetailSchema(ModelSummarySchema):
     task = fields.String()
     features = fields.List(fields.Nested(FeatureSchema))
     classes = fields.List(fields.Raw(), allow_none=True)
+    outputs = fields.Integer(
+        allow_none=True,
+        metadata={"description": "columns of a multi-output/multilabel model; null for one"},
+    )
     input = fields.String(
         metadata={"enum": ["array", "frame"], "description": "what the model is fed"}
     )
@@ -157,6 +161,10 @@ class VersionMetadataSchema(Schema):
     n_features = fields.Integer(required=True)
     feature_names = fields.List(fields.String(), allow_none=True)
     classes = fields.List(fields.Raw(), allow_none=True)
+    outputs = fields.Integer(
+        allow_none=True,
+        metadata={"description": "columns of a multi-output/multilabel model; null for one"},
+    )
     sklearn_version = fields.String(required=True)
     created_at = fields.String(required=True)
 

@@ -130,6 +130,7 @@ def _model_summary(name: str, detailed: bool = False) -> dict[str, Any]:
             out["task"] = loaded.task
             out["features"] = loaded.schema.describe()
             out["classes"] = loaded.classes
+            out["outputs"] = loaded.outputs
             out["input"] = "frame" if loaded.schema.frame else "array"
             out["runtime"] = loaded.runtime
     return out

@@ -36,6 +36,7 @@ from serving.store.model_store import DEFAULT_ALIAS
 
 EXIT_TOO_MANY_REJECTS = 3
 _RESERVED = ("prediction", "model", "version")
+_RESERVED_PREFIXES = ("proba_", "prediction_")
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ def run_batch(store: StoreBase, options: BatchOptions) -> int:
     if options.proba and not loaded.can_proba:
         raise InvalidInput(
             f"--proba needs a classifier with predict_proba; "
-            f"{loaded.name} v{loaded.version} is a {loaded.task}"
+            f"{loaded.name} v{loaded.version} {loaded.why_no_proba}"
         )
     output = None if options.output == STDIO else Path(options.output)
     rejects = _rejects_path(options.rejects, output, options.name)
@@ -103,7 +104,7 @@ def _check_options(options: BatchOptions) -> None:
             raise InvalidInput(f"{option} must be at least 1, not {value}")
     if options.log_every < 0:
         raise InvalidInput(f"--log-every must be 0 or more seconds, not {options.log_every}")
-    if options.id_column in _RESERVED or str(options.id_column).startswith("proba_"):
+    if options.id_column in _RESERVED or str(options.id_column).startswith(_RESERVED_PREFIXES):
         raise InvalidInput(f"--id-column {options.id_column!r} clashes with an output column")
 
 

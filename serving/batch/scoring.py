@@ -131,6 +131,9 @@ def _score_in_worker(chunk: RawChunk) -> Scored:
     return _worker_scorer.score(chunk)
 
 
+_ARROW_TYPES = {"int64": pa.int64(), "bool": pa.bool_(), "object": pa.string()}
+
+
 class Scorer:
     """Decode, validate and predict one chunk; build its output table and its rejects."""
 
@@ -139,6 +142,11 @@ class Scorer:
         self._id_name = job.reading.id_column or "row"
         classes = loaded.classes or []
         self._proba_names = [f"proba_{c}" for c in classes] if job.proba else []
+        # One column per output of a multi-output or multilabel model: prediction_0, ...
+        outputs = loaded.outputs
+        self._prediction_names = (
+            [f"prediction_{k}" for k in range(outputs)] if outputs else ["prediction"]
+        )
 
     def score(self, chunk: RawChunk) -> Scored:
         decoded = batch_io.decode(chunk, self._job.reading)
@@ -161,10 +169,14 @@ class Scorer:
         """The output schema when no row at all was written (a header, a Parquet schema)."""
         classes = self._loaded.classes
         id_type = pa.string() if self._job.reading.id_column else pa.int64()
+        if classes:
+            label_type = pa.array(classes).type
+        else:
+            label_type = _ARROW_TYPES.get(self._loaded.output_dtype or "", pa.float64())
         return pa.schema(
             [
                 (self._id_name, id_type),
-                ("prediction", pa.array(classes).type if classes else pa.float64()),
+                *[(name, label_type) for name in self._prediction_names],
                 *[(name, pa.float64()) for name in self._proba_names],
                 ("model", pa.string()),
                 ("version", pa.int64()),
@@ -190,7 +202,12 @@ class Scorer:
     ) -> pa.Table:
         rows = len(kept)
         key = ids.take(pa.array(kept, pa.int64())) if ids is not None else pa.array(start + kept)
-        columns: dict[str, Any] = {self._id_name: key, "prediction": pa.array(predictions)}
+        columns: dict[str, Any] = {self._id_name: key}
+        if predictions.ndim == 2:  # by the answer: metadata older than `outputs` lacks it
+            for j in range(predictions.shape[1]):
+                columns[f"prediction_{j}"] = pa.array(predictions[:, j])
+        else:
+            columns["prediction"] = pa.array(predictions)
         for j, name in enumerate(self._proba_names):
             assert probabilities is not None
             columns[name] = pa.array(probabilities[:, j], pa.float64())

@@ -87,8 +87,12 @@ def _add_outputs(
     preds: np.ndarray,
     probabilities: Any,
 ) -> None:
-    """Predicted classes (or binned values) and the confidence of each row."""
-    if profile.classifier:
+    """Predicted classes (or binned values) and the confidence of each row.
+
+    A multi-output answer (2-D) has no output distribution (its reference has none either)."""
+    if preds.ndim != 1:
+        pass
+    elif profile.classifier:
         labels, n = np.unique(preds.astype(str), return_counts=True)
         for label, c in zip(labels.tolist(), n.tolist()):
             counts[(*base, PREDICTION, label)] += c

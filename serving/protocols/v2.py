@@ -57,15 +57,23 @@ def datatype_of(dtype: np.dtype) -> str:
     return "BYTES"
 
 
+_ANSWER_DATATYPES = {"int64": "INT64", "float64": "FP64", "bool": "BOOL", "object": "BYTES"}
+
+
 def input_spec(loaded: LoadedModel) -> TensorSpec:
     return TensorSpec(INPUT_NAME, "FP64", (-1, loaded.schema.n_features))
 
 
 def output_specs(loaded: LoadedModel) -> dict[str, TensorSpec]:
-    """`predict` (typed like the class labels; FP64 for a regressor), `predict_proba` if any."""
+    """`predict` (typed like the class labels, else like the answer at register; FP64 when
+    unknown), one column per output of a multi-output model; `predict_proba` if any."""
     classes = loaded.classes
-    label = datatype_of(np.asarray(classes).dtype) if classes else "FP64"
-    specs = {PREDICT: TensorSpec(PREDICT, label, (-1,))}
+    if classes:
+        label = datatype_of(np.asarray(classes).dtype)
+    else:
+        label = _ANSWER_DATATYPES.get(loaded.output_dtype or "", "FP64")
+    shape = (-1, loaded.outputs) if loaded.outputs else (-1,)
+    specs = {PREDICT: TensorSpec(PREDICT, label, shape)}
     if loaded.can_proba:
         specs[PROBA] = TensorSpec(PROBA, "FP64", (-1, len(classes) if classes else -1))
     return specs

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sklearn.base import is_clusterer, is_outlier_detector
+
 from serving.features.schema import InputSchema
 from serving.rollouts.routing import Route
 
@@ -43,8 +45,42 @@ class LoadedModel:
         return self.metadata.get("classes")
 
     @property
+    def outputs(self) -> int | None:
+        """Columns of `predict` for a multi-output/multilabel model (2-D y); None for one."""
+        value = self.metadata.get("outputs")
+        return int(value) if value else None
+
+    @property
+    def output_dtype(self) -> str | None:
+        """ "int64", "float64", "bool" or "object"; None in metadata written before it."""
+        value = self.metadata.get("output_dtype")
+        return str(value) if value else None
+
+    @property
+    def why_no_proba(self) -> str:
+        """Why this model gives no probabilities, in words: "is a regressor", "is a clusterer"."""
+        if self.outputs:
+            return f"has {self.outputs} outputs (multi-output models give no probabilities here)"
+        kind = _estimator_kind(self.model)
+        if kind:
+            return f"is {kind}"
+        if self.task == "classifier":
+            return "is a classifier without predict_proba"
+        return "is a regressor" if self.task == "regressor" else "does not give probabilities"
+
+    @property
     def can_proba(self) -> bool:
         return bool(self.metadata.get("predict_proba"))
+
+
+def _estimator_kind(model: Any) -> str | None:
+    """ "an outlier detector" or "a clusterer" from scikit-learn's tags; None for the rest."""
+    try:
+        if is_outlier_detector(model):
+            return "an outlier detector"
+        return "a clusterer" if is_clusterer(model) else None
+    except (AttributeError, TypeError):  # not a scikit-learn estimator: no tags to read
+        return None
 
 
 @dataclass(frozen=True)

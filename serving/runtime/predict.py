@@ -29,8 +29,8 @@ class PredictionResult:
 
     def class_counts(self) -> list[tuple[Any, int]]:
         """(class, rows) pairs for the StatsD prediction counters of a classifier."""
-        if self.classes is None:
-            return []
+        if self.classes is None or np.ndim(self.predictions) != 1:
+            return []  # regressors, outlier detectors, clusterers; multi-output models
         if self.rows <= _FEW_ROWS:  # np.unique costs ~15 µs, most of it fixed
             predictions = self.predictions
             labels = predictions.tolist() if isinstance(predictions, np.ndarray) else predictions
@@ -86,7 +86,7 @@ def _check_request(
     if return_proba and not loaded.can_proba:
         raise InvalidInput(
             f"return_proba needs a classifier with predict_proba; "
-            f"{loaded.name} v{loaded.version} is a {loaded.task}",
+            f"{loaded.name} v{loaded.version} {loaded.why_no_proba}",
             {"return_proba": ["not available for this model"]},
         )
 

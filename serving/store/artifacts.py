@@ -59,16 +59,14 @@ def describe_model(
     kinds = _feature_kinds(model, names, n_features, reference, categorical or set())
     schema = InputSchema(n_features, names, kinds, frame=names is not None)
     sample = _sample_rows(schema, reference, model)
-    _smoke_test(model, schema, sample)
+    answer = _smoke_test(model, schema, sample)
     flags = _nullable_flags(model, schema, sample, nullable or {})
     schema = InputSchema(n_features, names, kinds, names is not None, flags)
     task = "classifier" if is_classifier(model) else "regressor" if is_regressor(model) else "other"
-    classes = getattr(model, "classes_", None)
     meta: dict[str, Any] = {
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "task": task,
-        "classes": _plain(classes) if classes is not None and task == "classifier" else None,
-        "predict_proba": task == "classifier" and hasattr(model, "predict_proba"),
+        **_output_fields(model, task, answer),
         "n_features": n_features,
         "feature_names": names,
         "features": schema.describe(),
@@ -221,11 +219,35 @@ def _first_categories(model: Any, labels: list[str]) -> dict[int, Any]:
     return first
 
 
-def _smoke_test(model: Any, schema: InputSchema, sample: list[list[Any]]) -> None:
+def _output_fields(model: Any, task: str, answer: np.ndarray) -> dict[str, Any]:
+    """classes, predict_proba and the shape and type of `predict`'s answer.
+
+    `outputs` is the number of columns of a multi-output or multilabel model (a 2-D `y`), null
+    for one output; such a model serves its predictions only (no classes, no probabilities:
+    scikit-learn gives one class array and one probability array per output).
+    `output_dtype` is "int64", "float64", "bool" or "object" (strings and other labels).
+    """
+    outputs = int(answer.shape[1]) if answer.ndim == 2 else None
+    classes = getattr(model, "classes_", None)
+    single_classifier = task == "classifier" and outputs is None
+    return {
+        "classes": _plain(classes) if classes is not None and single_classifier else None,
+        "predict_proba": single_classifier and hasattr(model, "predict_proba"),
+        "outputs": outputs,
+        "output_dtype": _dtype_name(answer.dtype),
+    }
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    kinds = {"i": "int64", "u": "int64", "f": "float64", "b": "bool"}
+    return kinds.get(dtype.kind, "object")
+
+
+def _smoke_test(model: Any, schema: InputSchema, sample: list[list[Any]]) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model.predict(schema.convert(sample))
+            return np.asarray(model.predict(schema.convert(sample)))
     except Exception as exc:
         raise StoreError(
             f"the model failed to predict on its sample input ({type(exc).__name__}: {exc}); "

@@ -94,6 +94,8 @@ def _outputs(model: Any, schema: InputSchema, frame: pd.DataFrame, task: str) ->
     except Exception:  # statistics are a bonus: a model that cannot score its reference rows
         return {}  # was already refused by the smoke test, or has odd inputs; skip quietly
     out: dict[str, Any] = {}
+    if predictions.ndim != 1:  # multi-output or multilabel: no output distribution (yet)
+        return out
     if task == "classifier":
         labels, counts = np.unique(predictions.astype(str), return_counts=True)
         out["prediction"] = {
