@@ -12,8 +12,8 @@ POISON = 999.0
 
 
 class SlowOnPoison(ClassifierMixin, BaseEstimator):
-    def __init__(self, seconds: float = 30.0) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: float = 30.0, waits: bool = False) -> None:
+        self.seconds, self.waits = seconds, waits
 
     def fit(self, x, y):
         self.classes_ = np.unique(y)
@@ -25,13 +25,16 @@ class SlowOnPoison(ClassifierMixin, BaseEstimator):
         if (values == POISON).any():
             deadline = time.monotonic() + self.seconds
             while time.monotonic() < deadline:  # busy in Python, like a slow pure-Python model
-                sum(range(1000))
+                if self.waits:  # or waiting, like a model that calls a service (gevent: yields)
+                    time.sleep(0.01)
+                else:
+                    sum(range(1000))
         return np.full(len(values), self.classes_[0])
 
 
-def slow_artifact(path, seconds: float = 30.0):
+def slow_artifact(path, seconds: float = 30.0, waits: bool = False):
     import joblib
 
     x = np.random.default_rng(0).normal(size=(20, 4))
-    joblib.dump(SlowOnPoison(seconds).fit(x, [0, 1] * 10), path)
+    joblib.dump(SlowOnPoison(seconds, waits).fit(x, [0, 1] * 10), path)
     return path

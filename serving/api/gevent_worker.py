@@ -24,6 +24,11 @@ log = logging.getLogger("serving.http")
 # 30 s is 100 KiB/s for 3 MiB, a slow mobile link. A total deadline, not one per read, so a
 # client trickling a byte at a time cannot hold a connection forever (10-120).
 BODY_TIMEOUT = 30.0
+# After each response a greenlet sleeps this long, so the hub polls for I/O before it serves
+# that connection's next request: `sleep(0)` would only queue it behind the callbacks already
+# due, ahead of every connection whose data has arrived since (measured: p99 of 340 ms at 32
+# connections with sleep(0), 54 ms with this).
+NEXT_TURN = 1e-6
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -109,8 +114,9 @@ class GeventWorker(JsonErrors, _GeventWorker):
         """Serve one request, then let every other ready connection go first. A kept-alive
         client's next request is often already there, so its greenlet would read and serve it
         without ever switching: one connection served back to back, the rest waiting (p99 of
-        1.9 s at 32 connections, measured)."""
+        1.9 s at 32 connections, measured). A timer (NEXT_TURN), not `sleep(0)`: only a timer
+        lets the hub poll the other sockets first."""
         try:
             super().handle_request(listener_name, req, sock, addr)
         finally:
-            gevent.sleep(0)
+            gevent.sleep(NEXT_TURN)

@@ -3,17 +3,17 @@
 gunicorn's sync workers handle each request in the process's main thread, where Python runs a
 signal handler between two bytecodes: the alarm's handler raises RequestTimeout, which unwinds
 the prediction like any error, so the client gets a 504 in its protocol's shape and the worker
-serves the next request. Arming costs two `setitimer` calls per prediction.
+serves the next request. Arming costs a `setitimer` call and a dict entry per prediction.
 
 gevent workers run every request in a greenlet on that same main OS thread, so the alarm
-works there too. A greenlet that waits on I/O while armed lets others run: if the alarm lands in
-one of them, it is re-armed for a moment instead, and raised in the greenlet that armed it.
+works there too, with one deadline per greenlet: the timer is set for the earliest. When it
+fires, the overdue greenlet that runs gets RequestTimeout raised; an overdue one that waits
+(a model that sleeps or does I/O under gevent) gets it thrown in through gevent's hub, the way
+`gevent.Timeout` does; a plain greenlet that waits is tried again a moment later.
 
 Limits: one long call into C (a single huge matrix product) is interrupted only when it
 returns; in a thread (gthread workers, a test client in a thread) there is no alarm and no
-deadline, and gunicorn's own `timeout` (which kills the worker) stays the last resort. One
-deadline per process: a greenlet that arms while another's deadline is armed replaces it (a
-prediction rarely yields, so two rarely overlap).
+deadline, and gunicorn's own `timeout` (which kills the worker) stays the last resort.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,34 +39,69 @@ class RequestTimeout(ServingError):
     code = "request_timeout"
 
 
-_state: dict[str, Any] = {"armed": False, "seconds": 0.0, "pid": -1, "main": -1, "owner": None}
-_REAL, _setitimer = signal.ITIMER_REAL, signal.setitimer
-# Seconds before a second try when the alarm lands in a greenlet other than the one armed.
+# The armed deadlines of this process: greenlet -> (monotonic expiry, seconds allowed).
+_deadlines: dict[Any, tuple[float, float]] = {}
+_process: dict[str, int] = {"pid": -1, "main": -1}
+_REAL, _setitimer, _now = signal.ITIMER_REAL, signal.setitimer, time.monotonic
+# Seconds before the next look when an overdue greenlet cannot be reached yet.
 _RETRY_S = 0.01
 
 
+def _timeout(seconds: float) -> RequestTimeout:
+    return RequestTimeout(
+        f"the prediction took longer than SERVING_REQUEST_TIMEOUT={seconds:g} s",
+        {"timeout_s": seconds},
+    )
+
+
 def _expired(signum: int, frame: Any) -> None:
-    if _state["armed"]:
-        if getcurrent() is not _state["owner"]:  # another greenlet runs: not its deadline
-            _setitimer(_REAL, _RETRY_S)
-            return
-        _state["armed"] = False
-        raise RequestTimeout(
-            f"the prediction took longer than SERVING_REQUEST_TIMEOUT={_state['seconds']:g} s",
-            {"timeout_s": _state["seconds"]},
-        )
+    now, current = _now(), getcurrent()
+    mine = None
+    for owner, (expiry, seconds) in list(_deadlines.items()):
+        if expiry > now:
+            continue
+        if owner is current:
+            mine = seconds
+        elif not _throw_into(owner, seconds):
+            continue  # a plain greenlet that waits: looked at again in _RETRY_S
+        del _deadlines[owner]
+    _schedule(now)
+    if mine is not None:
+        raise _timeout(mine)
+
+
+def _throw_into(owner: Any, seconds: float) -> bool:
+    """Have gevent's hub raise RequestTimeout in the waiting `owner`; False when it cannot."""
+    gevent = sys.modules.get("gevent")
+    if gevent is None or not isinstance(owner, gevent.Greenlet) or owner.dead:
+        return False
+    owner.kill(_timeout(seconds), block=False)
+    return True
+
+
+def _schedule(now: float) -> None:
+    """The timer at the earliest deadline left (none: off)."""
+    if not _deadlines:
+        _setitimer(_REAL, 0)
+        return
+    earliest = min(expiry for expiry, _ in _deadlines.values())
+    _setitimer(_REAL, max(earliest - now, _RETRY_S))
 
 
 def arm(seconds: float | None) -> bool:
-    """Raise RequestTimeout in this thread once `seconds` pass; False when it cannot (not the
+    """Raise RequestTimeout in this greenlet once `seconds` pass; False when it cannot (not the
     main thread, or no deadline). Whoever arms calls `disarm()` in a `finally`."""
-    if not seconds or (_state["pid"] != os.getpid() and not _install()):
+    if not seconds or (_process["pid"] != os.getpid() and not _install()):
         return False
     # The OS thread, not threading's view of it: gevent makes every greenlet a "thread".
-    if threading.get_native_id() != _state["main"]:
+    if threading.get_native_id() != _process["main"]:
         return False
-    _state["seconds"], _state["owner"], _state["armed"] = seconds, getcurrent(), True
-    _setitimer(_REAL, seconds)
+    now = _now()
+    _deadlines[getcurrent()] = (now + seconds, seconds)
+    if len(_deadlines) == 1:
+        _setitimer(_REAL, seconds)
+    else:
+        _schedule(now)
     return True
 
 
@@ -75,13 +112,16 @@ def _install() -> bool:
         signal.signal(signal.SIGALRM, _expired)
     except ValueError:  # not the main thread: Python runs signal handlers only there
         return False
-    _state["pid"], _state["main"] = os.getpid(), threading.get_native_id()
+    _deadlines.clear()  # a parent's, copied by the fork
+    _process["pid"], _process["main"] = os.getpid(), threading.get_native_id()
     return True
 
 
 def disarm() -> None:
-    _state["armed"], _state["owner"] = False, None
-    _setitimer(_REAL, 0)
+    if _deadlines.pop(getcurrent(), None) is not None and not _deadlines:
+        _setitimer(_REAL, 0)
+    elif _deadlines:
+        _schedule(_now())
 
 
 @contextlib.contextmanager
