@@ -10,7 +10,9 @@ what differs between the two engines).
 A connection is never shared between processes or threads: `connect()` opens one per
 (process, thread) on first use, so nothing is opened at import or in the gunicorn master.
 Under gevent workers a "thread" is a greenlet (one per client connection): the connection of a
-greenlet or thread that ended is closed when the next one is opened, so they do not pile up.
+greenlet or thread that ended is handed to the next one on the same OS thread (up to IDLE_MAX
+kept idle per process, the rest closed), so they neither pile up nor cost a connect (a
+PostgreSQL handshake) per client connection.
 A PostgreSQL connection that broke (the server restarted) is replaced on the next use; while
 the server cannot be reached, connection attempts back off exponentially (capped) and fail
 fast in between with DataStoreError, which writers treat as "keep it for later".
@@ -51,6 +53,9 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_WINDOW_SECONDS = 366 * 86400
 # Seconds between two attempts to reach an unreachable database: doubled per failure, capped.
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
+# Connections of ended greenlets or threads kept for the next one, per process (gevent workers
+# serve each client connection in a greenlet of its own: without this, a connect per client).
+IDLE_MAX = 4
 
 
 class DataStoreError(ServingError):
@@ -74,8 +79,11 @@ class DataStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[tuple[int, Any]] = []
-        # Who opened each of this process's connections (a thread's or a request's greenlet).
-        self._owners: list[tuple[int, weakref.ref[Any], Any]] = []
+        # Who uses each of this process's connections (a thread's or a request's greenlet),
+        # and on which OS thread: (pid, OS thread, owner, connection).
+        self._owners: list[tuple[int, int, weakref.ref[Any], Any]] = []
+        # Connections whose owner ended, for the next owner on the same OS thread.
+        self._idle: list[tuple[int, int, Any]] = []
         # Connections inherited through fork() are kept referenced and never touched: closing
         # a copy of another process's SQLite handle could disturb that process's locks, and
         # closing a PostgreSQL one would end the parent's session.
@@ -101,25 +109,49 @@ class DataStore:
                 self._inherited.extend(c for p, c in self._connections if p != pid)
                 self._connections = [(p, c) for p, c in self._connections if p == pid]
                 self._schemas = {key for key in self._schemas if key[0] == pid}
+                self._idle = [entry for entry in self._idle if entry[0] == pid]
+        thread = threading.get_native_id()
         self._reap(pid)
-        conn = self._open() if self.url is None else self._open_postgres(self.url)
+        conn = self._take_idle(pid, thread)
+        if conn is None:
+            conn = self._open() if self.url is None else self._open_postgres(self.url)
+            with self._lock:
+                self._connections.append((pid, conn))
         self._local.conn, self._local.pid = conn, pid
         with self._lock:
-            self._connections.append((pid, conn))
-            self._owners.append((pid, weakref.ref(getcurrent()), conn))
+            self._owners.append((pid, thread, weakref.ref(getcurrent()), conn))
+        return conn
+
+    def _take_idle(self, pid: int, thread: int) -> Any:
+        """An idle connection of this process opened on this OS thread, or None."""
+        with self._lock:
+            index = next(
+                (i for i, (p, t, _) in enumerate(self._idle) if p == pid and t == thread), None
+            )
+            if index is None:
+                return None
+            conn = self._idle.pop(index)[2]
+        if getattr(conn, "dead", False):  # a PostgreSQL session that broke while idle
+            self._forget(conn)
+            return None
         return conn
 
     def _reap(self, pid: int) -> None:
-        """Close this process's connections whose greenlet or thread has ended."""
+        """Keep for reuse (up to IDLE_MAX) or close this process's connections whose greenlet
+        or thread has ended."""
         with self._lock:
             mine = [entry for entry in self._owners if entry[0] == pid]
-            gone = [conn for _, owner, conn in mine if _ended(owner)]
+            gone = [(thread, conn) for _, thread, owner, conn in mine if _ended(owner)]
             if not gone:
                 return
-            ids = {id(conn) for conn in gone}
-            self._owners = [entry for entry in self._owners if id(entry[2]) not in ids]
-            self._connections = [(p, c) for p, c in self._connections if id(c) not in ids]
-        for conn in gone:
+            ids = {id(conn) for _, conn in gone}
+            self._owners = [entry for entry in self._owners if id(entry[3]) not in ids]
+            room = IDLE_MAX - sum(1 for p, _, _ in self._idle if p == pid)
+            kept, closing = gone[: max(room, 0)], [conn for _, conn in gone[max(room, 0) :]]
+            self._idle.extend((pid, thread, conn) for thread, conn in kept)
+            closed = {id(conn) for conn in closing}
+            self._connections = [(p, c) for p, c in self._connections if id(c) not in closed]
+        for conn in closing:
             with contextlib.suppress(Exception):
                 conn.close()
 
@@ -133,6 +165,7 @@ class DataStore:
         self._local.conn = None
         with self._lock:
             self._connections = [(p, c) for p, c in self._connections if c is not conn]
+            self._owners = [entry for entry in self._owners if entry[3] is not conn]
         with contextlib.suppress(Exception):
             conn.close()
 
@@ -254,6 +287,7 @@ class DataStore:
             mine = [c for p, c in self._connections if p == pid]
             self._connections = [(p, c) for p, c in self._connections if p != pid]
             self._owners = [entry for entry in self._owners if entry[0] != pid]
+            self._idle = [entry for entry in self._idle if entry[0] != pid]
             self._schemas = {key for key in self._schemas if key[0] != pid}
         for conn in mine:
             with contextlib.suppress(Exception):

@@ -14,8 +14,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from serving.telemetry.datastore import DB_FILE
 from serving.telemetry.threads import gevent_patched, start_daemon
+from tests.conftest import ENGINES
 
 # The child: patch like gunicorn's gevent worker, queue one record (its writer then blocks on
 # the lock the parent holds), and measure how late a 10 ms gevent.sleep wakes meanwhile.
@@ -116,3 +119,44 @@ def test_connections_of_ended_greenlets_are_closed(tmp_path: Path) -> None:
     ).stdout
     # The main greenlet's connection and the last reader's at most: not one per greenlet.
     assert int(out.strip().splitlines()[-1]) <= 3, out
+
+
+# The child: 50 greenlets one after another, as a gevent worker's client connections, each
+# reads once; prints how many connections the store opened.
+_SEQUENTIAL = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+    import sys
+    from pathlib import Path
+    import gevent
+    from serving.telemetry.datastore import DataStore
+
+    store = DataStore(Path(sys.argv[1]), sys.argv[2] or None)
+    opened = []
+    for name in ("_open", "_open_postgres"):
+        real = getattr(store, name)
+        setattr(store, name, lambda *a, real=real: opened.append(1) or real(*a))
+    with store.transaction() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+    for _ in range(50):
+        gevent.spawn(lambda: store.connect().execute("SELECT count(*) FROM t")).join()
+    print(len(opened), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_greenlets_one_after_another_reuse_a_connection(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("postgres_url") if engine == "postgresql" else ""
+    out = subprocess.run(
+        [sys.executable, "-c", _SEQUENTIAL, str(tmp_path), url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    # The main greenlet's and one handed from greenlet to greenlet: not a connect per client.
+    assert int(out.strip().splitlines()[-1]) == 2, out
