@@ -91,8 +91,9 @@ test-image: dev podman
 # Debian's packages; never fails: where they cannot be installed, that test skips and says why.
 podman:
 	@(command -v podman && command -v buildah && command -v debootstrap && \
-		command -v newuidmap) >/dev/null || (apt-get install -y podman buildah debootstrap uidmap || \
-		(apt-get update && apt-get install -y podman buildah debootstrap uidmap)) || echo \
+		command -v newuidmap && command -v runc) >/dev/null || \
+		(apt-get install -y podman buildah debootstrap uidmap runc || \
+		(apt-get update && apt-get install -y podman buildah debootstrap uidmap runc)) || echo \
 		"make podman: could not install podman, buildah, debootstrap or uidmap; the image test" \
 		"will skip"
 

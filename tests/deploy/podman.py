@@ -1,7 +1,8 @@
 """podman for the image test: what it takes to build and run the image on a machine like CI's.
 
 Measured on Debian bookworm (podman 4.3, buildah 1.28, runc, cgroup v1, no systemd), as root:
-podman picks runc, cgroupfs and the file events backend by itself there, and the overlay
+podman picks cgroupfs and the file events backend by itself there (and runc, or crun where
+Debian's podman brought it, which fails on hybrid cgroups: `runtime_flags`), and the overlay
 storage driver works on ext4; what it does need is ulimits below the host's hard limits (its
 defaults, nofile and nproc 1048576+, make every container fail to start with "error setting
 rlimit ... operation not permitted"). The default bridge network (netavark) publishes a port
@@ -50,6 +51,14 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     if check and result.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)}: exit {result.returncode}\n{result.stderr}")
     return result
+
+
+def runtime_flags() -> tuple[str, ...]:
+    """`--runtime=runc` where runc is installed. Debian's podman package also brings crun and
+    may pick it, and crun 1.8 refuses to start any container on a host whose cgroups are in
+    hybrid mode (v1 with a v2 mount: "cgroups in hybrid mode not supported"), as seen here;
+    runc runs there."""
+    return ("--runtime=runc",) if shutil.which("runc") else ()
 
 
 def check_available() -> None:
