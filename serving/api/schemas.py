@@ -160,6 +160,14 @@ class VersionMetadataSchema(Schema):
     task = fields.String(required=True)
     n_features = fields.Integer(required=True)
     feature_names = fields.List(fields.String(), allow_none=True)
+    model_feature_names = fields.List(
+        fields.String(),
+        allow_none=True,
+        metadata={
+            "description": "the columns the model is fed, when the library renamed the "
+            "feature names at fit (LightGBM: `mean radius` -> `mean_radius`); null otherwise"
+        },
+    )
     classes = fields.List(fields.Raw(), allow_none=True)
     outputs = fields.Integer(
         allow_none=True,

@@ -42,10 +42,10 @@ def validate(decoded: Decoded, schema: InputSchema) -> tuple[Any, np.ndarray, di
         for j, column in enumerate(columns):
             matrix[:, j] = column
         return schema.to_model_input(matrix if every else matrix[ok]), ok, problems
-    data = {label: c if every else c[ok] for label, c in zip(schema.labels, columns)}
+    kept = [c if every else c[ok] for c in columns]
     if schema.frame:
-        return pd.DataFrame(data, columns=schema.names), ok, problems
-    return np.column_stack(list(data.values())).astype(object), ok, problems
+        return schema.to_model_frame(kept), ok, problems
+    return np.column_stack(kept).astype(object), ok, problems
 
 
 def _numbers(

@@ -29,7 +29,11 @@ _NUMBER_TYPES = (int, float)
 
 class InputSchema:
     """What one model version takes: feature count, names, numeric/categorical kinds, and
-    which numeric features may be missing (null or NaN, fed to the model as NaN)."""
+    which numeric features may be missing (null or NaN, fed to the model as NaN).
+
+    `names` are the names users send; `model_names` the columns of the DataFrame fed to the
+    model, when the library renamed them at fit (LightGBM: `mean radius` -> `mean_radius`).
+    """
 
     def __init__(
         self,
@@ -38,9 +42,12 @@ class InputSchema:
         kinds: Sequence[str],
         frame: bool,
         nullable: Sequence[bool] | None = None,
+        model_names: Sequence[str] | None = None,
     ) -> None:
         if len(kinds) != n_features or (names is not None and len(names) != n_features):
             raise ValueError("feature names and kinds must match n_features")
+        if model_names is not None and (names is None or len(model_names) != n_features):
+            raise ValueError("the model's feature names must match the feature names")
         flags = [bool(x) for x in nullable] if nullable is not None else [False] * n_features
         if len(flags) != n_features:
             raise ValueError("nullable flags must match n_features")
@@ -48,6 +55,7 @@ class InputSchema:
         self._nullable_mask = np.array(self.nullable, dtype=bool)
         self.n_features = n_features
         self.names = list(names) if names is not None else None
+        self.model_names = list(model_names) if model_names is not None else self.names
         self.kinds = list(kinds)
         self.frame = frame and self.names is not None
         self.labels = self.names or [f"[{i}]" for i in range(n_features)]
@@ -65,11 +73,14 @@ class InputSchema:
             kinds=[feature["kind"] for feature in features],
             frame=bool(metadata.get("frame_input")) and names is not None,
             nullable=[bool(feature.get("nullable", False)) for feature in features],
+            model_names=metadata.get("model_feature_names") if names is not None else None,
         )
 
     def without_frame(self) -> InputSchema:
         """The same schema feeding the model a bare float64 array instead of a DataFrame."""
-        return InputSchema(self.n_features, self.names, self.kinds, False, self.nullable)
+        return InputSchema(
+            self.n_features, self.names, self.kinds, False, self.nullable, self.model_names
+        )
 
     def describe(self) -> list[dict[str, Any]]:
         return [
@@ -112,8 +123,12 @@ class InputSchema:
 
     def to_model_input(self, matrix: np.ndarray) -> Any:
         if self.frame:
-            return pd.DataFrame(matrix, columns=self.names, copy=False)
+            return pd.DataFrame(matrix, columns=self.model_names, copy=False)
         return matrix
+
+    def to_model_frame(self, columns: Sequence[Any]) -> pd.DataFrame:
+        """One array per feature, in order, as the DataFrame the model was fitted on."""
+        return pd.DataFrame(dict(zip(self.model_names or (), columns)))
 
     def _rows_from_objects(self, objects: list[Any]) -> list[tuple[Any, ...]]:
         if self._getter is None:
@@ -201,7 +216,7 @@ class InputSchema:
                     self._bad_value(i, j, column[i], "a string (categorical feature)")
                 columns[label] = np.array(column, dtype=object)
         if self.frame:
-            return pd.DataFrame(columns, columns=self.names)
+            return self.to_model_frame(list(columns.values()))
         return np.column_stack(list(columns.values())).astype(object)
 
     def _check_row(self, i: int, row: Any) -> None:

@@ -18,6 +18,7 @@ import sklearn
 from sklearn.base import is_classifier, is_regressor
 
 from serving.errors import StoreError
+from serving.features.names import training_names
 from serving.features.schema import BOOLEAN, CATEGORICAL, NUMERIC, InputSchema
 
 ARTIFACT_NAME = "model.joblib"
@@ -54,14 +55,15 @@ def describe_model(
 
     `nullable` overrides the probe of which numeric features the model answers NaN for.
     """
-    names = _feature_names(model)
+    model_names = _feature_names(model)
+    names = _user_names(model_names, reference)
     n_features = _n_features(model, names, reference)
     kinds = _feature_kinds(model, names, n_features, reference, categorical or set())
-    schema = InputSchema(n_features, names, kinds, frame=names is not None)
+    schema = InputSchema(n_features, names, kinds, names is not None, model_names=model_names)
     sample = _sample_rows(schema, reference, model)
     answer = _smoke_test(model, schema, sample)
     flags = _nullable_flags(model, schema, sample, nullable or {})
-    schema = InputSchema(n_features, names, kinds, names is not None, flags)
+    schema = InputSchema(n_features, names, kinds, names is not None, flags, model_names)
     task = "classifier" if is_classifier(model) else "regressor" if is_regressor(model) else "other"
     meta: dict[str, Any] = {
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -69,6 +71,7 @@ def describe_model(
         **_output_fields(model, task, answer),
         "n_features": n_features,
         "feature_names": names,
+        "model_feature_names": model_names if model_names != names else None,
         "features": schema.describe(),
         "frame_input": names is not None,
         "sample_input": sample,
@@ -89,6 +92,14 @@ def describe_model(
 def _feature_names(model: Any) -> list[str] | None:
     names = getattr(model, "feature_names_in_", None)
     return [str(name) for name in names] if names is not None else None
+
+
+def _user_names(model_names: list[str] | None, reference: pd.DataFrame | None) -> list[str] | None:
+    """The reference data's names for features the library renamed (LightGBM: `mean radius`
+    became `mean_radius`), in the model's order; else the model's own names."""
+    if model_names is None or reference is None:
+        return model_names
+    return training_names(model_names, list(reference.columns)) or model_names
 
 
 def _n_features(model: Any, names: list[str] | None, reference: pd.DataFrame | None) -> int:
@@ -265,8 +276,9 @@ def _nullable_flags(
     text = [n for n, k in zip(schema.labels, schema.kinds) if k != NUMERIC and overrides.get(n)]
     if text:
         raise StoreError(f"--nullable names categorical features: {', '.join(text)}")
+    every = [True] * schema.n_features
     probe = InputSchema(
-        schema.n_features, schema.names, schema.kinds, schema.frame, [True] * schema.n_features
+        schema.n_features, schema.names, schema.kinds, schema.frame, every, schema.model_names
     )
     flags = []
     for j, (label, kind) in enumerate(zip(schema.labels, schema.kinds)):
