@@ -16,9 +16,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from serving.compile import converters
 from serving.compile.parity import parity_report, parity_rows
 from serving.errors import StoreError
-from serving.runtime.onnx import OnnxModel
+from serving.runtime.onnx import OnnxModel, from_metadata
 
 if TYPE_CHECKING:
     from serving.compile.quantize import QuantGate
@@ -43,22 +44,33 @@ def convert(model: Any, metadata: dict[str, Any]) -> bytes:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
-    final = model.steps[-1][1] if hasattr(model, "steps") else model
-    options = {id(final): {"zipmap": False}} if metadata.get("task") == "classifier" else None
+    converters.prepare()
+    converted = converters.for_conversion(model)  # options are keyed by id(): of this object
+    n_features = int(metadata["n_features"])
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), converters.int_flags():
             warnings.simplefilter("ignore")
             onx = convert_sklearn(
-                model,
-                initial_types=[("input", FloatTensorType([None, int(metadata["n_features"])]))],
-                options=options,
+                converted,
+                initial_types=[("input", FloatTensorType([None, n_features]))],
+                options=_options(converted, metadata),
+                target_opset=converters.TARGET_OPSET,
             )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise StoreError(
             f"skl2onnx cannot convert {type(model).__name__}: {type(exc).__name__}: {first[:300]}"
         ) from None
+    converters.route_missing_like_sklearn(onx, model)
     return onx.SerializeToString()
+
+
+def _options(model: Any, metadata: dict[str, Any]) -> dict[int, dict[str, Any]] | None:
+    """No ZipMap on the classifier: probabilities as one float tensor, labels as labels."""
+    if metadata.get("task") != "classifier":
+        return None
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    return {id(final): {"zipmap": False}}
 
 
 # -- the verb ---------------------------------------------------------------------------------
@@ -86,7 +98,7 @@ def optimize(
     compiled = _runtime_model(onnx_bytes, metadata)
     report = parity_report(original, compiled, parity_rows(metadata), metadata, quantize)
     if not report["ok"]:
-        raise ParityError(report)
+        raise ParityError(report, _missing_values_hint(name, report, metadata))
     prepared = _new_metadata(metadata, version, report, quantization)
     return _register(store, name, onnx_bytes, prepared, actor), report
 
@@ -122,7 +134,7 @@ def _onnx_bytes(
 
 def _runtime_model(onnx_bytes: bytes, metadata: dict[str, Any]) -> OnnxModel:
     try:
-        return OnnxModel(onnx_bytes, str(metadata.get("task")), metadata.get("classes"))
+        return from_metadata(onnx_bytes, metadata)
     except Exception as exc:
         raise StoreError(f"ONNX Runtime cannot load the converted model: {exc}") from None
 
@@ -169,7 +181,20 @@ def _model_kind(model: Any, metadata: dict[str, Any]) -> str:
     return type(final).__name__
 
 
+def _missing_values_hint(name: str, report: dict[str, Any], metadata: dict[str, Any]) -> str:
+    """When only the rows with missing values differ: how to compile the model without them."""
+    if not report.get("ok_on_rows_without_missing_values"):
+        return ""
+    nullable = [f["name"] for f in metadata["features"] if f.get("nullable")]
+    return (
+        f"the ONNX model differs only on rows with missing values; to compile it, register the "
+        f"artifact again as {name} with --not-nullable {','.join(nullable)} (null is then "
+        "refused for those features) and optimize that version"
+    )
+
+
 class ParityError(StoreError):
-    def __init__(self, report: dict[str, Any]) -> None:
+    def __init__(self, report: dict[str, Any], hint: str = "") -> None:
         super().__init__("the ONNX model does not match the original; not registered", report)
         self.report = report
+        self.hint = hint
