@@ -23,10 +23,12 @@ from sklearn.ensemble import (
     HistGradientBoostingRegressor,
     IsolationForest,
     RandomForestClassifier,
+    RandomForestRegressor,
 )
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
+from sklearn.tree import DecisionTreeClassifier
 from xgboost import XGBClassifier, XGBRegressor
 
 from serving.cli.main import main
@@ -44,6 +46,7 @@ class Case:
     target: str = "label"  # "label", "value" or "none" (unsupervised)
     train_nan: bool = False  # missing values in the training data
     nullable: bool = True  # registered as the probe says (else --not-nullable for all)
+    labels: tuple[str, ...] = ()  # string class labels (3 classes) instead of 0/1
 
 
 CASES = {
@@ -58,12 +61,28 @@ CASES = {
         train_nan=True,
     ),
     "lgbm-classifier": Case(lambda: LGBMClassifier(n_estimators=10, verbose=-1)),
-    "lgbm-regressor": Case(lambda: LGBMRegressor(n_estimators=10, verbose=-1), target="value"),
+    "lgbm-classifier-with-nan": Case(
+        lambda: LGBMClassifier(n_estimators=10, verbose=-1), train_nan=True
+    ),
+    "lgbm-regressor": Case(
+        lambda: LGBMRegressor(n_estimators=10, verbose=-1), target="value", train_nan=True
+    ),
     "xgb-classifier": Case(lambda: XGBClassifier(n_estimators=10, max_depth=3)),
-    "xgb-regressor": Case(lambda: XGBRegressor(n_estimators=10, max_depth=3), target="value"),
+    "xgb-classifier-with-nan": Case(
+        lambda: XGBClassifier(n_estimators=10, max_depth=3), train_nan=True
+    ),
+    "xgb-regressor": Case(
+        lambda: XGBRegressor(n_estimators=10, max_depth=3), target="value", train_nan=True
+    ),
     "forest-with-nan": Case(
         lambda: RandomForestClassifier(n_estimators=10, random_state=0), train_nan=True
     ),
+    "forest-regressor-with-nan": Case(
+        lambda: RandomForestRegressor(n_estimators=10, random_state=0),
+        target="value",
+        train_nan=True,
+    ),
+    "tree-with-nan": Case(lambda: DecisionTreeClassifier(random_state=0), train_nan=True),
     "isolation-forest": Case(
         lambda: IsolationForest(n_estimators=20, random_state=0), target="none", nullable=False
     ),
@@ -71,6 +90,9 @@ CASES = {
         lambda: Pipeline(
             [("scale", StandardScaler()), ("clf", CalibratedClassifierCV(LinearSVC()))]
         )
+    ),
+    "calibrated-linear-svc-3-classes": Case(
+        lambda: CalibratedClassifierCV(LinearSVC()), labels=("high", "low", "mid")
     ),
     "kmeans": Case(lambda: KMeans(n_clusters=3, n_init=2, random_state=0), target="none"),
 }
@@ -83,6 +105,8 @@ def _frame(case: Case, rows: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     )
     value = frame["x0"] * 2 + frame["x1"] - frame["x2"] ** 2
     target = (value > 0).astype(int).to_numpy() if case.target == "label" else value.to_numpy()
+    if case.labels:
+        target = np.asarray(case.labels)[np.digitize(value, [-1.0, 1.0])]
     if case.train_nan:
         frame = frame.mask(rng.random(frame.shape) < 0.1)
     return frame, target
@@ -153,7 +177,7 @@ def test_onnx_version_answers_like_the_models_own_predict(
     flags = [] if case.nullable else ["--not-nullable", ",".join(f"x{i}" for i in range(6))]
     assert _register(store, name, artifact, reference, "--activate", *flags) == 0
     nullable = any(f["nullable"] for f in store.read_metadata(name, 1)["features"])
-    assert nullable == (case.nullable and name not in ("calibrated-linear-svc", "kmeans"))
+    assert nullable == (case.nullable and not name.startswith(("calibrated", "kmeans")))
     assert _optimize(store, name, 1) == 0, capsys.readouterr().err
     meta = store.read_metadata(name, 2)
     assert meta["format"] == "onnx" and meta["parity"]["ok"]
@@ -172,7 +196,7 @@ def test_onnx_version_answers_like_the_models_own_predict(
         assert np.all(np.abs(got - expected) <= ABS_TOL + REL_TOL * np.abs(expected))
     else:
         assert answer["predictions"] == expected.tolist()
-        assert all(type(p) is int for p in answer["predictions"])
+        assert all(type(p) is (str if case.labels else int) for p in answer["predictions"])
     if classifier:
         proba = np.asarray(answer["probabilities"])
         assert np.abs(proba - _own(model, rows, "predict_proba")).max() <= PROBA_TOL
@@ -184,7 +208,8 @@ def test_onnx_version_answers_like_the_models_own_predict(
     assert response.status_code == 200, response.get_json()
     predict = response.get_json()["outputs"][0]
     assert predict["name"] == "predict"
-    assert predict["datatype"] == ("FP64" if case.target == "value" else "INT64")
+    datatype = "FP64" if case.target == "value" else "BYTES" if case.labels else "INT64"
+    assert predict["datatype"] == datatype
     if case.target != "value":
         assert predict["data"] == _own(model, complete).tolist()
 
