@@ -74,6 +74,8 @@ def _summary(source: int, report: dict[str, Any], gate: QuantGate | None) -> str
     from serving.compile.parity import ABS_TOL, REL_TOL
 
     rows = report["rows"]
+    if report.get("rows_with_missing_values"):
+        rows = f"{rows} ({report['rows_with_missing_values']} with missing values)"
     if gate is None:
         return (
             f"(ONNX) from version {source}; parity ok on {rows} rows "

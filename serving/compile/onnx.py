@@ -5,8 +5,9 @@ equal labels, outputs within FP32 tolerance). With `--quantize` (serving/compile
 model gets int8 weights and the looser `QuantGate` applies. The parity report goes into the new
 version's metadata.
 
-skl2onnx and onnx are imported here only, and this module only by the `optimize` verb; the
-serving side of an ONNX version is `serving.runtime.onnx`.
+skl2onnx, onnxmltools and onnx are imported here and in `serving.compile.converters` (the
+LightGBM/XGBoost converters and the missing-value fixes) only, and these modules only by the
+`optimize` verb; the serving side of an ONNX version is `serving.runtime.onnx`.
 """
 
 from __future__ import annotations
@@ -57,12 +58,21 @@ def convert(model: Any, metadata: dict[str, Any]) -> bytes:
                 target_opset=converters.TARGET_OPSET,
             )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise StoreError(
-            f"skl2onnx cannot convert {type(model).__name__}: {type(exc).__name__}: {first[:300]}"
+            f"skl2onnx cannot convert {type(model).__name__}: {_reason(exc)}"
         ) from None
     converters.route_missing_like_sklearn(onx, model)
     return onx.SerializeToString()
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the error's first line without a dump of node attributes, then its cause."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    reason = f"{type(exc).__name__}: {first.split(' and attributes=')[0][:300]}"
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip():
+        reason += f" ({type(cause).__name__}: {str(cause).strip().splitlines()[0][:200]})"
+    return reason
 
 
 def _options(model: Any, metadata: dict[str, Any]) -> dict[int, dict[str, Any]] | None:

@@ -179,6 +179,8 @@ def test_onnx_version_answers_like_the_models_own_predict(
     nullable = any(f["nullable"] for f in store.read_metadata(name, 1)["features"])
     assert nullable == (case.nullable and not name.startswith(("calibrated", "kmeans")))
     assert _optimize(store, name, 1) == 0, capsys.readouterr().err
+    summary = capsys.readouterr().err
+    assert ("with missing values" in summary) == nullable, summary
     meta = store.read_metadata(name, 2)
     assert meta["format"] == "onnx" and meta["parity"]["ok"]
     assert (meta["parity"]["rows_with_missing_values"] > 0) == nullable
@@ -212,6 +214,11 @@ def test_onnx_version_answers_like_the_models_own_predict(
     assert predict["datatype"] == datatype
     if case.target != "value":
         assert predict["data"] == _own(model, complete).tolist()
+        assert all(type(v) is (str if case.labels else int) for v in predict["data"])
+    if not nullable:  # the ONNX version refuses null as its source does
+        one = [None, *_instances(complete)[0][1:]]
+        response = client.post(f"/v1/models/{name}/versions/2/predict", json={"instances": [one]})
+        assert response.status_code == 422, response.get_json()
 
 
 def test_isolation_forest_taking_nulls_is_refused_with_a_hint(
@@ -234,3 +241,30 @@ def test_isolation_forest_taking_nulls_is_refused_with_a_hint(
     assert report["ok"] is False and report["rows_with_missing_values"] > 0
     assert report["ok_on_rows_without_missing_values"] is True
     assert store.versions("iso") == [1]
+
+
+def test_a_conversion_error_is_one_line_without_the_node_dump(
+    store: ModelStore,
+    trained: Callable[[str], tuple[Any, Path, Path]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """skl2onnx wraps protobuf's refusal in a message that dumps every attribute of the node."""
+    import skl2onnx
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        try:
+            raise TypeError("Field onnx.AttributeProto.ints: Expected an int, got a boolean.")
+        except TypeError as exc:
+            dump = "attributes={'nodes_values': array([" + "0.5, " * 5000 + "])}"
+            raise ValueError(f"Unable to create node 'TreeEnsembleClassifier' and {dump}") from exc
+
+    monkeypatch.setattr(skl2onnx, "convert_sklearn", refuse)
+    _, artifact, reference = trained("hgb-classifier")
+    assert _register(store, "hgb", artifact, reference) == 0
+    capsys.readouterr()
+    assert _optimize(store, "hgb", 1) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and len(err) < 400 and "nodes_values" not in err
+    assert err.startswith("error: skl2onnx cannot convert HistGradientBoostingClassifier")
+    assert "Expected an int, got a boolean" in err
