@@ -3,6 +3,8 @@
 - `prepare()` registers onnxmltools' converters for the LightGBM and XGBoost scikit-learn API
   estimators with skl2onnx (once; only for a library already imported, which unpickling the
   model did: neither is a runtime dependency of the server).
+- `unsupported(model)` names what skl2onnx would convert silently wrong (HistGradientBoosting's
+  native categorical splits), to refuse it in one line rather than at the parity gate.
 - `for_conversion(model)` gives what the converters can read: an XGBoost booster fitted on a
   DataFrame names its features after the columns, the converter wants f0..fn (a copy is cleared).
 - `int_flags()`: skl2onnx passes Python booleans in `nodes_missing_value_tracks_true` (the
@@ -92,6 +94,18 @@ def estimators(model: Any) -> Iterator[Any]:
     yield model
     for _, step in getattr(model, "steps", None) or []:
         yield from estimators(step)
+
+
+def unsupported(model: Any) -> str | None:
+    """Why skl2onnx would convert the model wrong, for what it converts without complaint."""
+    for estimator in estimators(model):
+        categorical = getattr(estimator, "is_categorical_", None)
+        if categorical is not None and bool(categorical.any()):
+            return (
+                f"{type(estimator).__name__} uses native categorical splits "
+                "(categorical_features), which skl2onnx's converter ignores"
+            )
+    return None
 
 
 def for_conversion(model: Any) -> Any:

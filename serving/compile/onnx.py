@@ -42,6 +42,9 @@ def convert(model: Any, metadata: dict[str, Any]) -> bytes:
             "cannot compile to ONNX: the model has categorical features "
             f"({', '.join(categorical[:5])}); only all-numeric inputs are supported"
         )
+    refusal = converters.unsupported(model)
+    if refusal:
+        raise StoreError(f"cannot compile to ONNX: {refusal}")
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 

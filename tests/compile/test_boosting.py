@@ -268,3 +268,24 @@ def test_a_conversion_error_is_one_line_without_the_node_dump(
     assert "\n" not in err and len(err) < 400 and "nodes_values" not in err
     assert err.startswith("error: skl2onnx cannot convert HistGradientBoostingClassifier")
     assert "Expected an int, got a boolean" in err
+
+
+def test_native_categorical_splits_are_refused_in_one_line(
+    store: ModelStore, artifacts_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """skl2onnx converts them without complaint, and wrong: refused before the parity gate."""
+    frame, target = _frame(Case(lambda: None), ROWS, seed=0)
+    frame["x5"] = np.arange(ROWS) % 4.0
+    model = HistGradientBoostingClassifier(max_iter=5, categorical_features=[5]).fit(frame, target)
+    artifact, reference = artifacts_dir / "hgb-categorical.joblib", artifacts_dir / "hgb-cat.csv"
+    joblib.dump(model, artifact)
+    frame.to_csv(reference, index=False)
+    assert _register(store, "hgbcat", artifact, reference) == 0
+    capsys.readouterr()
+    assert _optimize(store, "hgbcat", 1) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: cannot compile to ONNX: HistGradientBoostingClassifier uses native categorical "
+        "splits (categorical_features), which skl2onnx's converter ignores"
+    )
+    assert store.versions("hgbcat") == [1]
