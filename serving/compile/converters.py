@@ -22,11 +22,12 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-# ONNX Runtime 1.32 runs both; IsolationForest's converter needs ai.onnx.ml 3.
+# skl2onnx 1.20 writes up to opset 22, ONNX Runtime 1.32 runs it; IsolationForest's converter
+# needs ai.onnx.ml 3 (skl2onnx's default picks lower for it).
 TARGET_OPSET = {"": 22, "ai.onnx.ml": 3}
 CLASSIFIER_OPTIONS = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
 _TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
-_registered: set[str] = set()
+_registered: set[str] = set()  # mirrors skl2onnx's own process-wide converter registry
 
 
 def prepare() -> None:
