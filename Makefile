@@ -114,11 +114,12 @@ docs: dev
 
 # Benchmark on loopback (bench/run.py), 4-5 minutes: BENCH_QUICK=1 for under 90 s,
 # BENCH_WORKERS=N (default 2), BENCH_DURATION=s per cell. Installs wrk (Debian) if missing.
-.PHONY: bench bench-batch bench-peers wrk
+.PHONY: bench bench-batch bench-peers bench-boosting wrk
 bench: venv wrk
 	$(PY) -m bench.run
 	$(MAKE) bench-batch
 	$(MAKE) bench-fleet
+	$(MAKE) bench-boosting
 
 # The shared store and database against the defaults (bench/fleet_bench.py), about 3 minutes:
 # starts a SeaweedFS and a PostgreSQL of its own, like the tests.
@@ -146,6 +147,12 @@ $(PEER_VENVS)/%/.installed: bench/requirements-%.txt
 	$(PEER_VENVS)/$*/bin/python -m pip install --disable-pip-version-check -r $< \
 		> $(PEER_VENVS)/$*.install.log 2>&1 || (tail -n 3 $(PEER_VENVS)/$*.install.log; exit 1)
 	touch $@
+
+# Gradient boosting (HistGradientBoosting, LightGBM, XGBoost) before and after `optimize --onnx`,
+# in process, 1 and 100 rows (bench/boosting_bench.py), about 2 minutes. LightGBM and XGBoost
+# are test dependencies (requirements-dev.txt), hence `dev`.
+bench-boosting: dev
+	$(PY) -m bench.boosting_bench
 
 # Batch scoring throughput and peak RSS next to the in-process floor (1,000,000 rows x 20).
 bench-batch: venv

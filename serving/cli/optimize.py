@@ -55,6 +55,8 @@ def run(store: StoreBase, args: argparse.Namespace) -> int:
         version, report = optimize(store, args.name, args.version, args.actor, gate)
     except ParityError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
         print(json.dumps(exc.report, indent=2, default=str), file=sys.stderr)
         return 1
     print(f"{args.name}: version {version} {_summary(args.version, report, gate)}", file=sys.stderr)
@@ -72,6 +74,8 @@ def _summary(source: int, report: dict[str, Any], gate: QuantGate | None) -> str
     from serving.compile.parity import ABS_TOL, REL_TOL
 
     rows = report["rows"]
+    if report.get("rows_with_missing_values"):
+        rows = f"{rows} ({report['rows_with_missing_values']} with missing values)"
     if gate is None:
         return (
             f"(ONNX) from version {source}; parity ok on {rows} rows "

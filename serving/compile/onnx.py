@@ -5,8 +5,9 @@ equal labels, outputs within FP32 tolerance). With `--quantize` (serving/compile
 model gets int8 weights and the looser `QuantGate` applies. The parity report goes into the new
 version's metadata.
 
-skl2onnx and onnx are imported here only, and this module only by the `optimize` verb; the
-serving side of an ONNX version is `serving.runtime.onnx`.
+skl2onnx, onnxmltools and onnx are imported here and in `serving.compile.converters` (the
+LightGBM/XGBoost converters and the missing-value fixes) only, and these modules only by the
+`optimize` verb; the serving side of an ONNX version is `serving.runtime.onnx`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from serving.compile import converters
 from serving.compile.parity import parity_report, parity_rows
 from serving.errors import StoreError
-from serving.runtime.onnx import OnnxModel
+from serving.runtime.onnx import OnnxModel, from_metadata
 
 if TYPE_CHECKING:
     from serving.compile.quantize import QuantGate
@@ -40,25 +42,48 @@ def convert(model: Any, metadata: dict[str, Any]) -> bytes:
             "cannot compile to ONNX: the model has categorical features "
             f"({', '.join(categorical[:5])}); only all-numeric inputs are supported"
         )
+    refusal = converters.unsupported(model)
+    if refusal:
+        raise StoreError(f"cannot compile to ONNX: {refusal}")
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
-    final = model.steps[-1][1] if hasattr(model, "steps") else model
-    options = {id(final): {"zipmap": False}} if metadata.get("task") == "classifier" else None
+    converters.prepare()
+    converted = converters.for_conversion(model)  # options are keyed by id(): of this object
+    n_features = int(metadata["n_features"])
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), converters.int_flags():
             warnings.simplefilter("ignore")
             onx = convert_sklearn(
-                model,
-                initial_types=[("input", FloatTensorType([None, int(metadata["n_features"])]))],
-                options=options,
+                converted,
+                initial_types=[("input", FloatTensorType([None, n_features]))],
+                options=_options(converted, metadata),
+                target_opset=converters.TARGET_OPSET,
             )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise StoreError(
-            f"skl2onnx cannot convert {type(model).__name__}: {type(exc).__name__}: {first[:300]}"
+            f"skl2onnx cannot convert {type(model).__name__}: {_reason(exc)}"
         ) from None
+    converters.route_missing_like_sklearn(onx, model)
     return onx.SerializeToString()
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the error's first line without a dump of node attributes, then its cause."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    reason = f"{type(exc).__name__}: {first.split(' and attributes=')[0][:300]}"
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip():
+        reason += f" ({type(cause).__name__}: {str(cause).strip().splitlines()[0][:200]})"
+    return reason
+
+
+def _options(model: Any, metadata: dict[str, Any]) -> dict[int, dict[str, Any]] | None:
+    """No ZipMap on the classifier: probabilities as one float tensor, labels as labels."""
+    if metadata.get("task") != "classifier":
+        return None
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    return {id(final): {"zipmap": False}}
 
 
 # -- the verb ---------------------------------------------------------------------------------
@@ -86,7 +111,7 @@ def optimize(
     compiled = _runtime_model(onnx_bytes, metadata)
     report = parity_report(original, compiled, parity_rows(metadata), metadata, quantize)
     if not report["ok"]:
-        raise ParityError(report)
+        raise ParityError(report, _missing_values_hint(name, report, metadata))
     prepared = _new_metadata(metadata, version, report, quantization)
     return _register(store, name, onnx_bytes, prepared, actor), report
 
@@ -122,7 +147,7 @@ def _onnx_bytes(
 
 def _runtime_model(onnx_bytes: bytes, metadata: dict[str, Any]) -> OnnxModel:
     try:
-        return OnnxModel(onnx_bytes, str(metadata.get("task")), metadata.get("classes"))
+        return from_metadata(onnx_bytes, metadata)
     except Exception as exc:
         raise StoreError(f"ONNX Runtime cannot load the converted model: {exc}") from None
 
@@ -169,7 +194,20 @@ def _model_kind(model: Any, metadata: dict[str, Any]) -> str:
     return type(final).__name__
 
 
+def _missing_values_hint(name: str, report: dict[str, Any], metadata: dict[str, Any]) -> str:
+    """When only the rows with missing values differ: how to compile the model without them."""
+    if not report.get("ok_on_rows_without_missing_values"):
+        return ""
+    nullable = [f["name"] for f in metadata["features"] if f.get("nullable")]
+    return (
+        f"the ONNX model differs only on rows with missing values; to compile it, register the "
+        f"artifact again as {name} with --not-nullable {','.join(nullable)} (null is then "
+        "refused for those features) and optimize that version"
+    )
+
+
 class ParityError(StoreError):
-    def __init__(self, report: dict[str, Any]) -> None:
+    def __init__(self, report: dict[str, Any], hint: str = "") -> None:
         super().__init__("the ONNX model does not match the original; not registered", report)
         self.report = report
+        self.hint = hint

@@ -2,7 +2,9 @@
 
 Both models score the version's `sample_input` rows plus synthetic rows drawn from its reference
 statistics (numeric features: a reference bin picked by its proportion, then uniform between the
-bin's edges, the outer bins bounded by min and max). Labels must be equal; probabilities and
+bin's edges, the outer bins bounded by min and max); every 10th synthetic row has missing values
+(NaN) in the features the version takes them for (`nullable` in its metadata), about half of
+them at a time. Labels must be equal; probabilities and
 regression outputs must satisfy |onnx - original| <= ABS_TOL + REL_TOL * |original| (FP32
 arithmetic in ONNX Runtime). A quantized model is held to its looser `QuantGate` instead.
 """
@@ -23,6 +25,7 @@ ABS_TOL = 1e-4
 REL_TOL = 1e-5
 SYNTHETIC_ROWS = 2000
 SEED = 0
+MISSING_EVERY = 10  # every 10th synthetic row gets NaN in nullable features
 
 
 def parity_rows(metadata: dict[str, Any], n: int = SYNTHETIC_ROWS, seed: int = SEED) -> np.ndarray:
@@ -47,7 +50,21 @@ def parity_rows(metadata: dict[str, Any], n: int = SYNTHETIC_ROWS, seed: int = S
             centre = float(sample[:, j].mean()) if len(sample) else 0.0
             scale = abs(centre) + 1.0
             columns.append(rng.uniform(centre - scale, centre + scale, n))
-    return np.vstack([sample, np.column_stack(columns)])
+    synthetic = np.column_stack(columns)
+    _put_missing(synthetic, metadata, rng)
+    return np.vstack([sample, synthetic])
+
+
+def _put_missing(rows: np.ndarray, metadata: dict[str, Any], rng: np.random.Generator) -> None:
+    """NaN in every MISSING_EVERY-th row: each nullable feature with probability 1/2, and one
+    of them (in turn) always, so every row so marked has a missing value."""
+    nullable = np.flatnonzero([bool(f.get("nullable")) for f in metadata["features"]])
+    if not nullable.size:
+        return
+    for k, i in enumerate(range(MISSING_EVERY - 1, len(rows), MISSING_EVERY)):
+        chosen = nullable[rng.random(nullable.size) < 0.5]
+        rows[i, chosen] = np.nan
+        rows[i, nullable[k % nullable.size]] = np.nan
 
 
 def parity_report(
@@ -58,13 +75,35 @@ def parity_report(
     gate: QuantGate | None = None,
 ) -> dict[str, Any]:
     """Compare both models on `rows`: labels, probabilities or values; `ok` says if they match
-    (exactly and within FP32 tolerance, or within `gate` for a quantized model)."""
+    (exactly and within FP32 tolerance, or within `gate` for a quantized model).
+
+    `rows_with_missing_values` counts the rows with a NaN; when the comparison fails,
+    `ok_on_rows_without_missing_values` says whether the other rows alone would pass."""
+    report = _compare(original, compiled, rows, metadata, gate)
+    missing = np.isnan(rows).any(axis=1)
+    report["rows_with_missing_values"] = int(missing.sum())
+    if not report["ok"] and missing.any() and not missing.all():
+        complete = _compare(original, compiled, rows[~missing], metadata, gate)
+        report["ok_on_rows_without_missing_values"] = complete["ok"]
+    return report
+
+
+def _compare(
+    original: Any,
+    compiled: OnnxModel,
+    rows: np.ndarray,
+    metadata: dict[str, Any],
+    gate: QuantGate | None,
+) -> dict[str, Any]:
     from serving.features.schema import InputSchema
 
     features = _quietly(InputSchema.from_metadata(metadata).convert, rows.tolist())
     report = _header(rows, metadata, gate)
     if metadata.get("task") == "classifier":
         checks = _classifier_checks(report, original, compiled, features, rows, metadata, gate)
+    elif metadata.get("output_dtype") == "int64":  # cluster and outlier labels: equal
+        expected = np.asarray(_quietly(original.predict, features))
+        checks = [_labels_equal(report, expected, compiled.predict(rows), gate)]
     else:
         expected = _quietly(original.predict, features)
         checks = [_close(report, expected, compiled.predict(rows), "output", gate)]
@@ -99,16 +138,7 @@ def _classifier_checks(
 ) -> list[bool]:
     """Labels (equal, or agreeing at the gate's share), then probabilities if the model has them."""
     expected = np.asarray(_quietly(original.predict, features))
-    got = compiled.predict(rows)
-    mismatched = np.flatnonzero(np.asarray(got) != expected)
-    report["label_mismatches"] = len(mismatched)
-    report["first_label_mismatches"] = [
-        {"row": int(i), "original": _plain(expected[i]), "onnx": _plain(got[i])}
-        for i in mismatched[:5]
-    ]
-    agreement = 1.0 - len(mismatched) / max(len(rows), 1)
-    report["label_agreement"] = round(agreement, 6)
-    checks = [not len(mismatched) if gate is None else agreement >= gate.min_label_agreement]
+    checks = [_labels_equal(report, expected, compiled.predict(rows), gate)]
     if metadata.get("predict_proba") and hasattr(original, "predict_proba"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -117,6 +147,22 @@ def _classifier_checks(
                 _close(report, expected_proba, compiled.predict_proba(rows), "proba", gate)
             )
     return checks
+
+
+def _labels_equal(
+    report: dict[str, Any], expected: np.ndarray, got: Any, gate: QuantGate | None
+) -> bool:
+    """Labels equal on every row (or agreeing at the gate's share); the first mismatches."""
+    got = np.asarray(got).reshape(expected.shape)
+    mismatched = np.flatnonzero(got != expected)
+    report["label_mismatches"] = len(mismatched)
+    report["first_label_mismatches"] = [
+        {"row": int(i), "original": _plain(expected[i]), "onnx": _plain(got[i])}
+        for i in mismatched[:5]
+    ]
+    agreement = 1.0 - len(mismatched) / max(len(expected), 1)
+    report["label_agreement"] = round(agreement, 6)
+    return not len(mismatched) if gate is None else agreement >= gate.min_label_agreement
 
 
 def _quietly(method: Any, argument: Any) -> Any:

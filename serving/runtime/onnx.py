@@ -17,12 +17,20 @@ class OnnxModel:
     """An ONNX Runtime session that answers like a fitted scikit-learn estimator.
 
     Takes the float64 array or numeric DataFrame the schema produces (cast to float32), runs on
-    one thread, and returns numpy arrays: labels as the original classes, float64 probabilities.
+    one thread, and returns numpy arrays: labels as the original classes, float64 probabilities;
+    for other models (clusterers, outlier detectors) int64 labels when `output_dtype` says the
+    original answered integers, else float64 values.
     """
 
     runtime_name = "onnxruntime"
 
-    def __init__(self, model_bytes: bytes, task: str, classes: list[Any] | None) -> None:
+    def __init__(
+        self,
+        model_bytes: bytes,
+        task: str,
+        classes: list[Any] | None,
+        output_dtype: str | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -35,6 +43,7 @@ class OnnxModel:
         self._outputs = [o.name for o in self._session.get_outputs()]
         self.n_features_in_ = self._session.get_inputs()[0].shape[1]
         self.task = task
+        self._integer_labels = task == "other" and output_dtype == "int64"
         if task == "classifier":
             self.classes_ = np.asarray(classes if classes is not None else [])
             self._probabilities = len(self._outputs) > 1
@@ -48,7 +57,7 @@ class OnnxModel:
     def predict(self, X: Any) -> np.ndarray:
         if self.task != "classifier":
             (values,) = self._run(X, self._outputs[:1])
-            values = np.asarray(values, dtype=np.float64)
+            values = np.asarray(values, dtype=np.int64 if self._integer_labels else np.float64)
             return values.ravel() if values.ndim == 2 and values.shape[1] == 1 else values
         (labels,) = self._run(X, self._outputs[:1])
         labels = np.asarray(labels).ravel()
@@ -70,6 +79,16 @@ def load_onnx(path: Path, metadata: dict[str, Any]) -> OnnxModel:
     except ImportError:
         raise ModelLoadError("an ONNX version needs onnxruntime, which is not installed") from None
     try:
-        return OnnxModel(path.read_bytes(), str(metadata.get("task")), metadata.get("classes"))
+        return from_metadata(path.read_bytes(), metadata)
     except Exception as exc:
         raise ModelLoadError(f"cannot load {path.name}: {type(exc).__name__}: {exc}") from None
+
+
+def from_metadata(model_bytes: bytes, metadata: dict[str, Any]) -> OnnxModel:
+    """The session for a version's ONNX bytes, typed as its metadata says it answers."""
+    return OnnxModel(
+        model_bytes,
+        str(metadata.get("task")),
+        metadata.get("classes"),
+        metadata.get("output_dtype"),
+    )
