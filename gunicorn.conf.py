@@ -163,9 +163,18 @@ def on_starting(server):
             os.remove(stale)
     _master["server"] = server
     server.log.info("prometheus multiprocess directory %s", path)
-    from serving.api.drain import install
+    from serving.api import drain, reload
 
-    install(server, drain_seconds, path)
+    drain.install(server, drain_seconds, path)
+    reload.install(server, path)
+
+
+def on_reload(server):
+    """HUP: the old workers stop once the new ones have loaded their models
+    (serving.api.reload), so a reload stalls no request."""
+    from serving.api.reload import reloading
+
+    reloading(server)
 
 
 def on_exit(server):
@@ -196,6 +205,9 @@ def post_worker_init(worker):
     gc.collect()
     gc.freeze()
     # The app and its models are loaded: from now on this worker accepts connections.
+    from serving.api.reload import mark_ready
+
+    mark_ready(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     worker.log.info("worker %s ready", worker.pid)
 
 
@@ -207,10 +219,14 @@ def pre_fork(server, worker):
 
 def child_exit(server, worker):
     """A worker died, however (master): drop its live gauges (in-flight, versions, CPU,
-    memory) from /metrics. Its counters and histograms stay, so totals never go back."""
+    memory) from /metrics. Its counters and histograms stay, so totals never go back. And
+    it is no longer ready (serving.api.reload)."""
     from prometheus_client import multiprocess
 
+    from serving.api.reload import forget
+
     multiprocess.mark_process_dead(worker.pid)
+    forget(os.environ.get("PROMETHEUS_MULTIPROC_DIR"), worker.pid)
 
 
 def worker_exit(server, worker):

@@ -162,7 +162,7 @@ STALLED = 50
 STALLED_HEADERS = b"POST /v1/models/iris/predict HTTP/1.1\r\nHost: x\r\nX-Stalled: "
 STALLED_BODY = (
     b"POST /v1/models/iris/predict HTTP/1.1\r\nHost: x\r\n"
-    b"Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{\"instances\": [[1"
+    b'Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{"instances": [[1'
 )
 
 
