@@ -28,7 +28,7 @@ from serving.errors import (
 from serving.runtime import artifacts
 from serving.runtime import deployment_parts as parts
 from serving.runtime.cache import PredictionCache
-from serving.runtime.model import Choice, LoadedModel, ModelState
+from serving.runtime.model import Choice, LoadedModel, ModelState, keep_replaced
 from serving.runtime.prepare import prepare
 from serving.runtime.store_health import StoreHealth
 from serving.store.base import DEPLOYMENT, HISTORY, StoreBase
@@ -191,13 +191,18 @@ class ModelLoader:
                 self._swap_in(states)
 
     def _swap_in(self, states: dict[str, ModelState]) -> None:
-        self._states = states  # the one swap every request sees atomically
-        with self._pinned_lock:
+        old, self._states = self._states, states  # the one swap every request sees atomically
+        with self._pinned_lock:  # what it replaced stays at hand for a rollback
+            keep_replaced(self._pinned, self._pinned_size, old, states)
             held = set(self._pinned)
         held.update((n, v) for n, s in states.items() for v in s.versions())
         if self._cache is not None:  # answers of versions no longer held go too
             self._cache.retain(held)
         self._store.prune_cache(held)  # an object store's downloads: keep what this worker holds
+
+    def _recent(self, name: str, version: int) -> LoadedModel | None:
+        with self._pinned_lock:
+            return self._pinned.get((name, version))
 
     def _model_names(self) -> list[str]:
         """The store's models: listed every poll, or every `list_interval` on an object store."""
@@ -253,7 +258,8 @@ class ModelLoader:
         serving: dict[str, LoadedModel] = {}
         problems: dict[str, str] = {}
         for alias, version in wanted.items():
-            loaded = available.get(version) or self._try_load(name, version)
+            loaded = available.get(version) or self._recent(name, version)
+            loaded = loaded or self._try_load(name, version)
             if isinstance(loaded, LoadedModel):
                 available[version] = loaded
                 serving[alias] = loaded
@@ -376,8 +382,11 @@ class ModelLoader:
             self._thread.join(timeout=5)
 
     def _poll_forever(self) -> None:
-        while not self._stop.wait(self.next_poll_in()):
+        took = 0.0  # fixed rate: a slow refresh (a load) does not push the next poll back
+        while not self._stop.wait(max(0.0, self.next_poll_in() - took)):
+            started = time.monotonic()  # real time, as the wait is
             try:
                 self.refresh()
             except Exception:  # the poller must outlive any one bad poll
                 log.exception("model poll failed")
+            took = time.monotonic() - started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,3 +109,21 @@ class Choice:
     loaded: LoadedModel
     variant: str | None
     shadow: LoadedModel | None
+
+
+def keep_replaced(
+    recent: OrderedDict[tuple[str, int], LoadedModel],
+    size: int,
+    old: dict[str, ModelState],
+    new: dict[str, ModelState],
+) -> None:
+    """Put the versions a swap from `old` to `new` dropped at the fresh end of the LRU `recent`
+    (bounded to `size`), so a rollback or a promote back swaps a reference, loading nothing."""
+    for name, state in old.items():
+        kept = new[name].versions() if name in new else {}
+        for version, loaded in state.versions().items():
+            if version not in kept:
+                recent[(name, version)] = loaded
+                recent.move_to_end((name, version))
+    while len(recent) > size:
+        recent.popitem(last=False)

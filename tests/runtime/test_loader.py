@@ -280,3 +280,39 @@ def test_fresh_worker_falls_back_to_the_last_good_version_from_history(
     problem = fresh.states()["iris"].problems["production"]
     assert "sha256" in problem and "still serving version 2" in problem
     assert fresh.ready() == (True, {})
+
+
+def test_rollback_swaps_back_to_the_version_still_in_memory(
+    store: ModelStore,
+    loader: ModelLoader,
+    iris_artifact: Path,
+    iris_artifact_v2: Path,
+    metrics: RecordingMetrics,
+) -> None:
+    _two_versions(store, iris_artifact, iris_artifact_v2)
+    loader.refresh()
+    first = loader.resolve("iris")
+    store.promote("iris", 2, actor="t")
+    loader.refresh()
+    second = loader.resolve("iris")
+    store.rollback("iris", actor="t")
+    loader.refresh()
+    store.promote("iris", 2, actor="t")
+    loader.refresh()
+    # Two loads in all: the rollback and the promote back swapped references, no load each.
+    assert metrics.swaps == [("iris", True), ("iris", True)]
+    assert loader.resolve("iris") is second
+    assert loader.get_version("iris", 1) is first
+
+
+def test_no_pinned_cache_means_a_rollback_loads_again(
+    store: ModelStore, iris_artifact: Path, iris_artifact_v2: Path, metrics: RecordingMetrics
+) -> None:
+    loader = ModelLoader(store, metrics, poll_interval=1.0, pinned_cache_size=0)
+    _two_versions(store, iris_artifact, iris_artifact_v2)
+    loader.refresh()
+    store.promote("iris", 2, actor="t")
+    loader.refresh()
+    store.rollback("iris", actor="t")
+    loader.refresh()
+    assert metrics.swaps == [("iris", True)] * 3
