@@ -61,7 +61,7 @@ class Losses:
 
     @property
     def total(self) -> int:
-        return sum(self.by_reason.values())
+        return sum(list(self.by_reason.values()))  # a request thread may add a reason
 
     def lost(self, count: int, reason: str | None = None) -> None:
         """Count `count` records lost; `reason` defaults to the current failure or a full queue."""
@@ -74,7 +74,7 @@ class Losses:
     def report(self, queued: int) -> int:
         """Hand the losses since the last call to `on_drop`; warn (rate-limited)."""
         new = 0
-        for reason, count in self.by_reason.items():
+        for reason, count in list(self.by_reason.items()):  # `lost` runs in request threads
             fresh = count - self._reported.get(reason, 0)
             if fresh <= 0:
                 continue

@@ -357,9 +357,21 @@
     banner.hidden = data.monitoring;
     banner.textContent = data.monitoring ? "" :
       "Monitoring is off (SERVING_MONITOR_FLUSH=0): no traffic or drift counts are kept.";
+    logBanner(data.log);
     document.getElementById("updated").textContent =
       `updated ${clock(data.now)} · ${data.step} s per point · ${data.since.slice(11, 16)}–${data.until.slice(11, 16)} UTC`;
     document.body.setAttribute("data-rendered", String(Date.now()));
+  }
+
+  // The prediction log of the worker that answered: degraded (with why) or records it lost.
+  function logBanner(log) {
+    const banner = document.getElementById("log-banner");
+    const trouble = log && (log.status === "degraded" || log.dropped > 0);
+    banner.hidden = !trouble;
+    banner.setAttribute("data-log", log ? log.status : "");
+    banner.textContent = !trouble ? "" :
+      `Prediction log ${log.status}${log.reason ? " (" + log.reason + ")" : ""}: ` +
+      `${log.dropped} records lost in the worker that answered (see serving_telemetry_dropped_total).`;
   }
 
   async function refresh() {
