@@ -28,7 +28,9 @@ def live() -> Response:
 def ready() -> Response:
     if draining():  # SIGTERM received: load balancers must stop sending (serving.api.drain)
         return json_response({"status": "not_ready", "reason": "draining"}, 503)
-    ok, waiting = get_state().loader.ready()
-    if ok:
-        return json_response({"status": "ready"})
+    loader = get_state().loader
+    ok, waiting = loader.ready()
+    if ok:  # still ready on a fallback: it answers; says so, as workers may differ
+        fallback = loader.fallbacks()
+        return json_response({"status": "ready", **({"fallback": fallback} if fallback else {})})
     return json_response({"status": "not_ready", "waiting": waiting}, 503)

@@ -181,6 +181,12 @@ class HealthSchema(Schema):
     status = fields.String(required=True)
     waiting = fields.Dict(keys=fields.String(), values=fields.String())
     reason = fields.String()  # "draining": SIGTERM received (serving.api.drain)
+    fallback = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={"description": "model:alias served by an older version: the deployed one "
+                  "failed to load in this worker (others may serve it)"},
+    )  # fmt: skip
 
 
 # -- the admin API: request bodies (strict) and answers -----------------------------------

@@ -200,10 +200,6 @@ class ModelLoader:
             self._cache.retain(held)
         self._store.prune_cache(held)  # an object store's downloads: keep what this worker holds
 
-    def _recent(self, name: str, version: int) -> LoadedModel | None:
-        with self._pinned_lock:
-            return self._pinned.get((name, version))
-
     def _model_names(self) -> list[str]:
         """The store's models: listed every poll, or every `list_interval` on an object store."""
         now = self._clock()
@@ -258,7 +254,7 @@ class ModelLoader:
         serving: dict[str, LoadedModel] = {}
         problems: dict[str, str] = {}
         for alias, version in wanted.items():
-            loaded = available.get(version) or self._recent(name, version)
+            loaded = available.get(version) or self._pinned.get((name, version))  # a rollback
             loaded = loaded or self._try_load(name, version)
             if isinstance(loaded, LoadedModel):
                 available[version] = loaded
@@ -270,6 +266,7 @@ class ModelLoader:
             if fallback is not None:
                 available[fallback.version] = fallback
                 serving[alias] = fallback
+                self._metrics.serving_version(name, alias, fallback.version)  # what it serves
                 problems[alias] += f"; still serving version {fallback.version}"
         routes = parts.routes(name, deployment, serving, available, problems, self._try_load)
         shadows = parts.shadows(name, deployment, available, problems, self._try_load)
@@ -365,6 +362,15 @@ class ModelLoader:
                 if alias not in state.serving:
                     waiting[f"{name}:{alias}"] = state.problems.get(alias, "not loaded")
         return not waiting, waiting
+
+    def fallbacks(self) -> dict[str, str]:
+        """`{"<model>:<alias>": why}` of aliases served by another version than deployed."""
+        return {
+            f"{name}:{alias}": state.problems.get(alias, f"version {wanted} is not loaded")
+            for name, state in self._states.items()
+            for alias, wanted in state.wanted.items()
+            if alias in state.serving and state.serving[alias].version != wanted
+        }
 
     # -- the poller thread -----------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sklearn.neural_network import MLPClassifier
 
+from serving.api.state import get_state
 from serving.store.model_store import ModelStore
 from tests.conftest import IRIS_ROW
+from tests.telemetry.test_prometheus import scrape, value
 
 IRIS_NAMES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 
@@ -224,3 +227,22 @@ def test_return_proba_of_a_binary_mlp_is_served(
     )
     assert response.status_code == 200, response.get_json()
     assert np.allclose(np.sum(response.get_json()["probabilities"], axis=1), 1.0)
+
+
+def test_ready_names_an_alias_served_by_an_older_version_and_the_metric_says_which(
+    served: ModelStore, make_app: Callable[..., Flask], iris_artifact: Path
+) -> None:
+    old_worker = make_app().test_client()
+    assert old_worker.get("/health/ready").get_json() == {"status": "ready"}
+    served.register("iris", iris_artifact, actor="test")
+    (served.version_dir("iris", 2) / "model.joblib").write_bytes(b"garbage")
+    served.promote("iris", 2, actor="test")
+    get_state(old_worker.application).loader.refresh()  # the running worker's next poll
+    fresh_worker = make_app().test_client()  # a worker started after the failed promote
+    for client in (old_worker, fresh_worker):
+        response = client.get("/health/ready")
+        assert response.status_code == 200  # it answers: the last good version
+        why = response.get_json()["fallback"]["iris:production"]
+        assert "version 2 failed to load" in why and "still serving version 1" in why, why
+        labels = {"model": "iris", "alias": "production", "pid": str(os.getpid())}
+        assert value(scrape(client), "serving_model_version", **labels) == 1
