@@ -74,7 +74,9 @@ kubectl:
 .PHONY: image podman
 IMAGE ?= serving:latest
 CONTAINER_ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
-PODMAN_BUILD_FLAGS ?= --format docker --ulimit nofile=1024:1024 --ulimit nproc=4096:4096
+# runc where installed: Debian's crun 1.8 refuses containers on hosts with hybrid cgroups.
+PODMAN_BUILD_FLAGS ?= --format docker --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
+	$(shell command -v runc >/dev/null 2>&1 && echo --runtime=runc)
 image:
 	$(CONTAINER_ENGINE) build $(if $(filter podman,$(notdir $(CONTAINER_ENGINE))),$(PODMAN_BUILD_FLAGS)) \
 		$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \

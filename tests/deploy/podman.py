@@ -143,6 +143,7 @@ def build_image(base: str, wheels: Path, log: Path) -> str:
     command = [
         "build",
         "--format=docker",  # keeps the HEALTHCHECK (the OCI format has none)
+        *runtime_flags(),  # the RUN steps start containers too
         *ULIMITS,
         f"--build-arg=BASE_IMAGE={base}",
         "--build-arg=PIP_NO_INDEX=1",
