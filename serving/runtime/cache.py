@@ -3,8 +3,9 @@
 The key is (model, version, whether probabilities were asked, the validated input's dtype,
 shape and bytes): the input *after* validation and conversion, so `[1, 2]` and `[1.0, 2.0]`, or
 objects with keys in any order, share an entry. Versions are immutable, so an entry is never
-stale: a promote or a rollback changes the version that answers, and its requests miss. When a
-worker swaps, the entries of versions it no longer holds are dropped (`retain`).
+stale: a promote changes the version that answers, and its requests miss. When a worker swaps,
+the entries of versions it no longer holds are dropped (`retain`); a version it keeps in its
+pinned LRU for a rollback keeps its entries, so a rollback to it hits again.
 
 Only answers are stored: a request the model refuses raises before anything is put. Requests
 over `MAX_ROWS` rows or `MAX_INPUT_BYTES` of input bypass the cache (they are rarely repeated,

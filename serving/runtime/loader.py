@@ -200,6 +200,19 @@ class ModelLoader:
             self._cache.retain(held)
         self._store.prune_cache(held)  # an object store's downloads: keep what this worker holds
 
+    def _held(self, name: str, version: int) -> LoadedModel | None:
+        """A version the pinned LRU still holds (one a recent swap replaced): no load."""
+        with self._pinned_lock:
+            loaded = self._pinned.get((name, version))
+        if loaded is not None:
+            log.info(
+                "model %s version %s reused (still loaded)",
+                name,
+                version,
+                extra={"model": name, "version": version, "event": "reused"},
+            )
+        return loaded
+
     def _model_names(self) -> list[str]:
         """The store's models: listed every poll, or every `list_interval` on an object store."""
         now = self._clock()
@@ -254,7 +267,7 @@ class ModelLoader:
         serving: dict[str, LoadedModel] = {}
         problems: dict[str, str] = {}
         for alias, version in wanted.items():
-            loaded = available.get(version) or self._pinned.get((name, version))  # a rollback
+            loaded = available.get(version) or self._held(name, version)  # a rollback
             loaded = loaded or self._try_load(name, version)
             if isinstance(loaded, LoadedModel):
                 available[version] = loaded

@@ -30,7 +30,19 @@ def _refused_by_every_worker(port: int) -> bool:
     return len(seen) == WORKERS and all("deployment.json" in b["problems"] for b in seen.values())
 
 
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def _new_workers(port: int, old: set[int]) -> bool:
+    """Every old worker has exited (after a HUP they serve until the new ones are ready, so
+    seeing new ones alone does not mean the old ones stopped) and the new ones answer."""
+    if not all(_gone(pid) for pid in old):
+        return False
     seen = set(survey_workers(port, WORKERS, strict=False))
     return len(seen) == WORKERS and not seen & old
 

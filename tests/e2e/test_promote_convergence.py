@@ -49,11 +49,13 @@ def _client(port: int, stop: threading.Event, seen: list[tuple[float, float, str
 def _lag(
     seen: list[tuple[float, float, str, int]], changes: list[tuple[float, int]], i: int
 ) -> float:
-    """How long after change `i` a request begun after it (and before the next change) was
-    still answered by the old version (0 when none was): a bound on the slowest worker's swap."""
+    """How long after change `i` a request was still *sent* that the old version then answered
+    (0 when none was): the contract is that a request sent more than 2 x the interval after a
+    change gets the new version. (The request's end would add its own queueing, which on a
+    loaded machine is the scheduler's, not the swap's.)"""
     changed_at, target = changes[i]
     until = changes[i + 1][0] if i + 1 < len(changes) else float("inf")
-    late = [ended for started, ended, version, _ in seen
+    late = [started for started, _, version, _ in seen
             if changed_at <= started < until and version != str(target)]  # fmt: skip
     return max(late, default=changed_at) - changed_at
 

@@ -169,12 +169,13 @@ def test_a_repeated_request_hits_with_the_same_answer(cached: Flask) -> None:
     assert _lookups(client, "hit") == 2 and _lookups(client, "miss") == 2
 
 
-def test_a_promote_misses_and_drops_the_old_versions_answers(
+def test_a_promote_misses_and_a_rollback_finds_the_held_versions_answers(
     cached: Flask, served: ModelStore, iris_artifact_v2: Path
 ) -> None:
     client = cached.test_client()
     assert _post(client, [IRIS_ROW])[0] == "miss"
-    assert _post(client, [IRIS_ROW])[0] == "hit"
+    status, first = _post(client, [IRIS_ROW])
+    assert status == "hit" and first["version"] == 1
     served.register("iris", iris_artifact_v2, actor="test")
     served.promote("iris", 2, actor="test")
     get_state(cached).loader.refresh()
@@ -183,7 +184,8 @@ def test_a_promote_misses_and_drops_the_old_versions_answers(
     served.rollback("iris", actor="test")
     get_state(cached).loader.refresh()
     status, body = _post(client, [IRIS_ROW])
-    assert status == "miss" and body["version"] == 1  # v1's entry went with the swap
+    # v1 stayed in the worker's pinned LRU, and so did its answers (the key holds the version)
+    assert (status, body) == ("hit", first)
 
 
 def test_refused_input_is_never_cached(
@@ -213,12 +215,15 @@ def test_every_front_door_shares_the_cache(cached: Flask) -> None:
     assert response.status_code == 200 and response.headers["X-Cache"] == "hit"
 
 
+@pytest.mark.parametrize("pinned", [0, 2])
 def test_a_loader_with_a_cache_hands_it_to_the_versions_it_loads(
-    served: ModelStore, iris_artifact_v2: Path
+    served: ModelStore, iris_artifact_v2: Path, pinned: int
 ) -> None:
     metrics = Counting()
     cache = PredictionCache(10, metrics)
-    loader = ModelLoader(served, Metrics(), array_input=False, cache=cache)
+    loader = ModelLoader(
+        served, Metrics(), array_input=False, cache=cache, pinned_cache_size=pinned
+    )
     loader.refresh()
     loaded = loader.resolve("iris")
     assert [predict(loaded, [IRIS_ROW]).cache for _ in range(2)] == ["miss", "hit"]
@@ -226,7 +231,8 @@ def test_a_loader_with_a_cache_hands_it_to_the_versions_it_loads(
     served.register("iris", iris_artifact_v2, actor="test")
     served.promote("iris", 2, actor="test")
     loader.refresh()
-    assert len(cache) == 0
+    # v1's answers stay while the worker holds v1 for a rollback, and go with it
+    assert len(cache) == (1 if pinned else 0)
 
 
 @pytest.fixture
