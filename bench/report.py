@@ -33,7 +33,7 @@ def cell(
     non_2xx_statsd = sum(count for status, count in statuses.items() if not status.startswith("2"))
     return {
         "server": server,
-        "keep_alive": server.endswith("gthread"),
+        "keep_alive": server.startswith("serving") or server.startswith("ours"),
         "model": model,
         "rows": rows,
         "connections": result["connections"],
@@ -85,7 +85,7 @@ def machine() -> dict[str, Any]:
 def gthread_vs_sync(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the turns of the LR 1-row 8-connection cell on each worker class."""
     out: dict[str, Any] = {"cell": "lr, 1 row, 8 connections, measured in turns"}
-    for kind in ("sync", "gthread"):
+    for kind in ("run", "gthread"):
         runs = [
             c for c in cells if c.get("phase") == "gthread-vs-sync" and c["server"].endswith(kind)
         ]
@@ -98,6 +98,60 @@ def gthread_vs_sync(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 "cpu_ms_per_request": statistics.median(c["cpu_ms_per_request"] for c in runs),
             }
     return out
+
+
+FLOOR_CONTESTANTS = ("ours", "naive-flask", "flask-floor")
+
+
+def floor_summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the turns of ours, naive Flask and the Flask floor (LR, 1 row, 8
+    connections), and ours against each: the ratios issue 14 sets goals for."""
+    out: dict[str, Any] = {"cell": "lr, 1 row, 8 connections, measured in turns"}
+    for name in FLOOR_CONTESTANTS:
+        runs = [c for c in cells if c.get("phase") == "floor" and _floor_name(c) == name]
+        if runs:
+            out[name] = {
+                "turns": len(runs),
+                "rps": statistics.median(c["rps"] for c in runs),
+                "p99_ms": statistics.median(c["latency_ms"]["p99"] for c in runs),
+                "cpu_ms_per_request": statistics.median(c["cpu_ms_per_request"] for c in runs),
+                "other_cores": statistics.median(c["other_cores"] for c in runs),
+            }
+    if all(name in out for name in FLOOR_CONTESTANTS):
+        ours, naive, floor = (out[n] for n in FLOOR_CONTESTANTS)
+        out["ratios"] = {
+            "ours_per_floor_rps": round(ours["rps"] / floor["rps"], 2),
+            "ours_per_naive_rps": round(ours["rps"] / naive["rps"], 2),
+            "ours_per_floor_p99": round(ours["p99_ms"] / floor["p99_ms"], 2),
+            "cpu_ms_added_over_floor": round(
+                ours["cpu_ms_per_request"] - floor["cpu_ms_per_request"], 3
+            ),
+        }
+    return out
+
+
+def _floor_name(c: dict[str, Any]) -> str:
+    return "ours" if c.get("contestant", "").startswith("serving") else c.get("contestant", "")
+
+
+def _floor_lines(summary: dict[str, Any]) -> list[str]:
+    lines = ["", f"ours, naive Flask and the Flask floor: {summary['cell']} (medians)"]
+    for name in FLOOR_CONTESTANTS:
+        if name in summary:
+            c = summary[name]
+            lines.append(
+                f"{name:<12}{c['rps']:>9.0f} req/s  p99 {c['p99_ms']:.2f} ms"
+                f"  {c['cpu_ms_per_request']:.3f} CPU ms/req  ({c['turns']} turns)"
+            )
+    if "ratios" in summary:
+        r = summary["ratios"]
+        lines.append(
+            f"ours / floor {r['ours_per_floor_rps']:.2f}x req/s,"
+            f" {r['ours_per_floor_p99']:.2f}x p99;"
+            f" ours / naive {r['ours_per_naive_rps']:.2f}x req/s;"
+            f" CPU added over the floor {r['cpu_ms_added_over_floor']:.3f} ms/req"
+        )
+    return lines
 
 
 def document(
@@ -116,6 +170,7 @@ def document(
         "servers": servers,
         "cells": cells,
         "gthread_vs_sync": gthread_vs_sync(cells),
+        "floor_vs_ours": floor_summary(cells),
         "floor": hotpath["floor"],
         "breakdown": hotpath["breakdown"],
         "hotpath_timer": hotpath["timer"],
@@ -162,8 +217,8 @@ def _servers_table(servers: dict[str, Any]) -> list[str]:
 
 
 def _gthread_lines(pair: dict[str, Any]) -> list[str]:
-    lines = ["", f"gthread (-k gthread --threads 4, keep-alive) vs sync: {pair['cell']} (medians)"]
-    for kind in ("sync", "gthread"):
+    lines = ["", f"gthread (-k gthread --threads 4) vs make run's: {pair['cell']} (medians)"]
+    for kind in ("run", "gthread"):
         if kind in pair:
             c = pair[kind]
             lines.append(
@@ -237,17 +292,21 @@ def render(doc: dict[str, Any]) -> str:
     lines = [
         f"serving bench {doc['date']}: {m['nproc']} x {m['cpu']}, Python {m['python']}, "
         f"{cfg['workers']} workers, {cfg['duration']} s per cell, {m['wrk']}",
-        "sync workers close the connection after every response (no keep-alive): each request "
-        "pays a TCP connect; gthread keeps connections alive",
+        "ours (serving-run: gunicorn.conf.py's default gevent workers, as `make run`) and gthread "
+        "keep connections alive; sync workers (naive, floor, bare) close each one: a TCP connect "
+        "per request",
         f"others: cores used by other processes during the cell ('!' above {NOISY}); "
         "app ms: median duration_ms of the server's request log lines (Flask hooks to response)",
         "",
         _HEADER,
         *(cell_line(c) for c in doc["cells"] if c["phase"] == "matrix"),
-        "gthread vs sync, in turns:",
+        "gthread vs make run's workers, in turns:",
         *(cell_line(c) for c in doc["cells"] if c["phase"] == "gthread-vs-sync"),
         *_servers_table(doc["servers"]),
         *_gthread_lines(doc["gthread_vs_sync"]),
+        "ours, naive Flask and the Flask floor, in turns:",
+        *(cell_line(c) for c in doc["cells"] if c["phase"] == "floor"),
+        *_floor_lines(doc["floor_vs_ours"]),
         hotpath_tables({**doc, "other_cores": doc["hotpath_other_cores"]}),
         *(_peer_lines(doc["peers"]) if "peers" in doc else []),
         f"\nwhole run: {doc['elapsed_s']} s",

@@ -5,15 +5,18 @@
     env: BENCH_QUICK=1, BENCH_PEERS=1, BENCH_WORKERS (default 2), BENCH_DURATION (s per cell)
 
 Builds a temp store (LR Pipeline + 100-tree forest, 20 features) with the real CLI; measures the
-in-process floor and hot-path breakdown; drives our server (sync workers) with wrk at 1, 8 and 32
-connections with 1-row and 100-row bodies; runs the LR 1-row 8-connection cell on sync and gthread
-servers in turns; then the bare-WSGI ceiling. Prints tables; writes bench/results/bench.json
+in-process floor and hot-path breakdown; drives our server, started as `make run` starts it
+(serving-run: gunicorn.conf.py's default workers), with wrk at 1, 8 and 32 connections with 1-row
+and 100-row bodies; runs the LR 1-row 8-connection cell on it and on gthread in turns, then on it,
+naive Flask (bench/naive_app.py) and the Flask floor (bench/flask_floor_app.py) in turns; then
+the bare-WSGI ceiling. Prints tables; writes bench/results/bench.json
 (bench-quick.json for a quick run). Full: 4-5 minutes; quick: under 90 s.
 
-With --peers (`make bench-peers`), then the peers phase: ours (sync), MLServer and MLflow (from
-their own venvs, bench/peers.py) all up at once and measured side by side, cell after cell in
-rotating order, in 2 rounds (1 when quick), no re-measuring; medians over the rounds. A peer that
-is not installed, does not start or answers wrongly is reported with the reason and left out.
+With --peers (`make bench-peers`), then the peers phase: ours (as `make run`), MLServer and
+MLflow (from their own venvs, bench/peers.py) all up at once and measured side by side, cell
+after cell in rotating order, in 2 rounds (1 when quick), no re-measuring; medians over the
+rounds. A peer that is not installed, does not start or answers wrongly is reported with the
+reason and left out.
 Adds about 9 minutes (quick: about 2.5).
 """
 
@@ -96,25 +99,43 @@ def _children_cpu() -> float:
 
 
 def http_runs(cfg: Config, workdir: Path, store: Path, bench: Bench):
-    """Ours (sync) on the matrix; gthread and sync in turns; then the bare-WSGI ceiling."""
+    """Ours (as `make run`) on the matrix; gthread and ours in turns; ours, naive Flask and the
+    Flask floor in turns; then the bare-WSGI ceiling."""
     sync = servers.ours(workdir, store, cfg.workers, bench.sink.port, [])
     gthread = servers.ours(workdir, store, cfg.workers, bench.sink.port, GTHREAD)
+    naive = servers.naive(workdir, store, cfg.workers, "lr")
+    floor = servers.flask_floor(workdir, cfg.workers)
     bare = servers.bare(workdir, cfg.workers)
+    turns = 1 if cfg.quick else 3
     cells, infos = [], {}
     try:
         sync.start(cfg.workers)
         cells += [bench.cell(sync, m, r, c, "matrix") for m, r, c in OURS_PLAN]
         gthread.start(cfg.workers)
-        for _ in range(1 if cfg.quick else 2):
+        for _ in range(turns):
             cells += [bench.cell(s, "lr", 1, 8, "gthread-vs-sync") for s in (sync, gthread)]
-        infos |= sync.finish() | gthread.finish()
+        infos |= gthread.finish()
+        cells += floor_turns(bench, sync, naive, floor, cfg.workers, turns)
+        infos |= sync.finish() | naive.finish() | floor.finish()
         bare.start(cfg.workers)
         cells += [bench.cell(bare, m, r, c, "matrix") for m, r, c in BARE_PLAN]
         infos |= bare.finish()
     finally:
-        for server in (sync, gthread, bare):
+        for server in (sync, gthread, naive, floor, bare):
             server.stop()
     return infos, cells
+
+
+def floor_turns(bench: Bench, ours, naive, floor, workers: int, turns: int) -> list:
+    """LR, 1 row, 8 connections on ours, naive Flask and the Flask floor, in rotating order."""
+    naive.start(workers)
+    floor.start(workers)
+    cells = []
+    for turn in range(turns):
+        order = [(ours, "lr"), (naive, "lr"), (floor, "-")]
+        order = order[turn % 3 :] + order[: turn % 3]
+        cells += [bench.cell(server, model, 1, 8, "floor") for server, model in order]
+    return cells
 
 
 def peer_runs(cfg: Config, workdir: Path, store: Path, bench: Bench):

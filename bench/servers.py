@@ -1,9 +1,12 @@
 """The servers under test, each a gunicorn master we start, watch through /proc and stop.
 (The peers, MLServer and MLflow, are in bench/peers.py.)
 
-- ours: `gunicorn -c gunicorn.conf.py` (plus optional command-line overrides such as
-  `-k gthread --threads 4`), every feature on as shipped: validation, StatsD to the bench's
-  sink, JSON request logs to a file, the prediction log (SQLite) in the temp dir.
+- ours: `gunicorn -c gunicorn.conf.py` as `make run` starts it (plus optional command-line
+  overrides such as `-k gthread --threads 4`), every feature at its default: validation, StatsD
+  to the bench's sink on StatsD's default port (another port only where 8125 is taken), JSON
+  request logs to a file, the prediction log (SQLite) in the temp dir. Only the store, the data
+  directory, the port and SERVING_DRAIN_SECONDS=0 (for a quick stop) differ from `make run`.
+- flask-floor: `bench/flask_floor_app.py`, Flask parsing the JSON and answering a constant.
 - bare: `bench/bare_app.py` on gunicorn with the same number of sync workers (the ceiling).
 """
 
@@ -24,6 +27,7 @@ from typing import Any
 
 from bench import procstat
 from bench.protocols import NATIVE, Protocol
+from bench.statsd_sink import DEFAULT_PORT as DEFAULT_STATSD_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
 _OWN_VARS = ("HOST", "PORT", "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")
@@ -196,7 +200,7 @@ def ours(
     name: str | None = None,
 ) -> Server:
     """Our server from gunicorn.conf.py, all features on; `overrides` go after `-c`."""
-    kind = "gthread" if "gthread" in overrides else "sync"
+    kind = "gthread" if "gthread" in overrides else "run"  # run: gunicorn.conf.py's default
     name = name or f"serving-{kind}"
     env = clean_env(
         {
@@ -205,13 +209,11 @@ def ours(
             "WEB_CONCURRENCY": str(workers),
             "SERVING_MODEL_STORE": str(store),
             "SERVING_DATA_DIR": str(workdir / f"data-{name}"),
-            "SERVING_STATSD_HOST": "127.0.0.1",
-            "SERVING_STATSD_PORT": str(statsd_port),
-            "SERVING_STATSD_PREFIX": "bench",
             "SERVING_DRAIN_SECONDS": "0",  # a benchmark's stop need not wait for load balancers
-            "SERVING_LOG_LEVEL": "INFO",
         }
     )
+    if statsd_port != DEFAULT_STATSD_PORT:  # else StatsD's default, as `make run` sends it
+        env["SERVING_STATSD_PORT"] = str(statsd_port)
     command = ["-c", str(ROOT / "gunicorn.conf.py"), *overrides]
     server = Server(name, command, env, workdir)
     server.ready_path = "/health/ready"
@@ -229,6 +231,15 @@ def naive(workdir: Path, store: Path, workers: int, model: str) -> Server:
     server = Server(f"naive-{model}", command, env, workdir)
     server.contestant = "naive-flask"
     return server
+
+
+def flask_floor(workdir: Path, workers: int) -> Server:
+    """bench/flask_floor_app.py (Flask: parse the JSON body, jsonify a constant) on gunicorn's
+    sync workers: what a Flask server pays before any work of its own."""
+    port = free_port()
+    command = ["--workers", str(workers), "--worker-class", "sync", "--bind", f"127.0.0.1:{port}"]
+    command += ["--worker-tmp-dir", "/dev/shm", "bench.flask_floor_app:app"]
+    return Server("flask-floor", command, clean_env({"PORT": str(port)}), workdir)
 
 
 def bare(workdir: Path, workers: int) -> Server:

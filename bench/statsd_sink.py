@@ -6,14 +6,20 @@ import socket
 import threading
 from collections import Counter
 
+DEFAULT_PORT = 8125  # SERVING_STATSD_PORT's default
+
 
 class StatsdSink:
     """Receives every datagram on 127.0.0.1:<port> in a thread; counts packets and statuses."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = DEFAULT_PORT) -> None:
+        """On `port` (StatsD's default, where `make run` sends) or, if taken, any free one."""
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self._sock.bind(("127.0.0.1", 0))
+        try:
+            self._sock.bind(("127.0.0.1", port))
+        except OSError:
+            self._sock.bind(("127.0.0.1", 0))
         self._sock.settimeout(0.2)
         self.port: int = self._sock.getsockname()[1]
         self.packets = 0
