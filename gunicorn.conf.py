@@ -146,6 +146,8 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 # access log is off to avoid a second line per request.
 logconfig_dict = logging_config(os.environ.get("SERVING_LOG_LEVEL", "INFO").upper())
 accesslog = None
+# ... and no access-log line is even built (serving.api.gunicorn_logger).
+logger_class = "serving.api.gunicorn_logger.Logger"
 errorlog = "-"
 loglevel = os.environ.get("SERVING_LOG_LEVEL", "INFO").lower()
 capture_output = False

@@ -205,12 +205,7 @@ class ModelLoader:
         with self._pinned_lock:
             loaded = self._pinned.get((name, version))
         if loaded is not None:
-            log.info(
-                "model %s version %s reused (still loaded)",
-                name,
-                version,
-                extra={"model": name, "version": version, "event": "reused"},
-            )
+            _log_event(logging.INFO, "reused", name, version, "reused (still loaded)")
         return loaded
 
     def _model_names(self) -> list[str]:
@@ -321,22 +316,11 @@ class ModelLoader:
             reason = getattr(exc, "reason", None) or str(exc)
             self._failures[(name, version)] = (files, reason)
             self._metrics.swap(name, ok=False)
-            log.error(
-                "model %s version %s cannot serve: %s",
-                name,
-                version,
-                reason,
-                extra={"model": name, "version": version, "event": "load_failed"},
-            )
+            _log_event(logging.ERROR, "load_failed", name, version, "cannot serve: %s", reason)
             return reason
         self._failures.pop((name, version), None)
         self._metrics.swap(name, ok=True)
-        log.info(
-            "model %s version %s loaded",
-            name,
-            version,
-            extra={"model": name, "version": version, "event": "loaded"},
-        )
+        _log_event(logging.INFO, "loaded", name, version, "loaded")
         return loaded
 
     def _load_or_explain(self, name: str, version: int) -> LoadedModel:
@@ -409,3 +393,8 @@ class ModelLoader:
             except Exception:  # the poller must outlive any one bad poll
                 log.exception("model poll failed")
             took = time.monotonic() - started
+
+
+def _log_event(level: int, event: str, name: str, version: int, what: str, *args: object) -> None:
+    extra = {"model": name, "version": version, "event": event}
+    log.log(level, f"model %s version %s {what}", name, version, *args, extra=extra)

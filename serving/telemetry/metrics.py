@@ -1,4 +1,5 @@
 """StatsD metrics, fire and forget: a send never raises into a request or blocks on a peer.
+A request's lines are batched per process and sent in full datagrams (statsd_batch).
 
 Names (DESIGN §5), under the configured prefix:
   request.<model>.<version>          timer, ms, per prediction request
@@ -18,7 +19,10 @@ from collections.abc import Iterable
 
 import statsd
 
+from serving.telemetry.statsd_batch import StatsdBatch, open_batch
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_MAX_NAMES = 10_000
 
 
 def metric_part(value: object) -> str:
@@ -63,22 +67,30 @@ class Metrics:
 
 
 class StatsdMetrics(Metrics):
-    """Sends UDP packets with the `statsd` client, made lazily in each worker process."""
+    """Per-request lines go to a per-process batch (serving.telemetry.statsd_batch: full
+    datagrams, by size and every 0.2 s); the rare others are sent at once with the `statsd`
+    client. Both are made lazily in each worker process."""
 
     def __init__(self, host: str, port: int, prefix: str) -> None:
         self._host, self._port, self._prefix = host, port, prefix
         self._client: statsd.StatsClient | None = None
+        self._batch: StatsdBatch | None = None
+        self._names: dict[tuple[object, ...], str] = {}  # metric names already made safe
         self._pid = -1
 
     def _get(self) -> statsd.StatsClient | None:
         if self._pid != os.getpid():  # a forked child must not share its parent's socket
-            self.close()
-            self._pid = os.getpid()
-            try:
-                self._client = statsd.StatsClient(self._host, self._port, prefix=self._prefix)
-            except OSError:  # unresolvable host: metrics off rather than requests failing
-                self._client = None
+            self._open()
         return self._client
+
+    def _open(self) -> None:
+        self.close()
+        self._pid = os.getpid()
+        try:
+            self._client = statsd.StatsClient(self._host, self._port, prefix=self._prefix)
+        except OSError:  # unresolvable host: metrics off rather than requests failing
+            self._client = None
+        self._batch = open_batch(self._host, self._port, self._prefix) if self._client else None
 
     def request(
         self,
@@ -89,20 +101,31 @@ class StatsdMetrics(Metrics):
         class_counts: Iterable[tuple[object, int]] = (),
         variant: str | None = None,
     ) -> None:
-        client = self._get()
-        if client is None:
+        if self._pid != os.getpid():
+            self._open()
+        batch = self._batch
+        if batch is None:
             return
+        counters = {self._name("requests", status): 1}
+        timer = None
+        if model is not None:
+            timer = f"{self._name('request', model, version)}:{duration_ms:0.6f}|ms"
+            for label, count in class_counts:
+                counters[self._name("predictions", model, label)] = count
+        batch.add(counters, timer)
+
+    def _name(self, kind: str, *parts: object) -> str:
+        """`kind.part.part`, each part made safe once and remembered (a bounded memo)."""
+        key = (kind, *parts)
         try:
-            pipe = client.pipeline()  # one datagram for the whole request where it fits
-            pipe.incr(f"requests.{status}")
-            if model is not None:
-                safe = metric_part(model)
-                pipe.timing(f"request.{safe}.{metric_part(version)}", duration_ms)
-                for label, count in class_counts:
-                    pipe.incr(f"predictions.{safe}.{metric_part(label)}", count)
-            pipe.send()
-        except (OSError, ValueError):
-            pass
+            name = self._names.get(key)
+        except TypeError:  # an unhashable label: made safe every time
+            return ".".join([kind, *(metric_part(p) for p in parts)])
+        if name is None:
+            if len(self._names) > _MAX_NAMES:
+                self._names.clear()
+            name = self._names[key] = ".".join([kind, *(metric_part(p) for p in parts)])
+        return name
 
     def swap(self, model: str, ok: bool) -> None:
         client = self._get()
@@ -136,6 +159,9 @@ class StatsdMetrics(Metrics):
             client.incr(f"telemetry.dropped.{metric_part(component)}.{metric_part(reason)}", count)
 
     def close(self) -> None:
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
         if self._client is not None:
             self._client.close()
             self._client = None
