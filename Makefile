@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export SERVING_MODEL_STORE ?= model_store
 
-.PHONY: run test lint check demo venv dev clean browser docs nginx postgres kubectl
+.PHONY: run test lint check demo venv dev clean browser docs nginx postgres kubectl bench-features
 
 # The runtime virtualenv: re-made whenever requirements.txt changes.
 $(VENV)/.runtime: requirements.txt
@@ -155,6 +155,10 @@ $(PEER_VENVS)/%/.installed: bench/requirements-%.txt
 # are test dependencies (requirements-dev.txt), hence `dev`.
 bench-boosting: dev
 	$(PY) -m bench.boosting_bench
+
+# What each telemetry feature costs per request, part by part (bench/feature_cost.py, ~3 min).
+bench-features: venv wrk
+	$(PY) -m bench.feature_cost
 
 # Batch scoring throughput and peak RSS next to the in-process floor (1,000,000 rows x 20).
 bench-batch: venv

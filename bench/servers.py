@@ -198,8 +198,10 @@ def ours(
     statsd_port: int,
     overrides: list[str],
     name: str | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Server:
-    """Our server from gunicorn.conf.py, all features on; `overrides` go after `-c`."""
+    """Our server from gunicorn.conf.py, all features on; `overrides` go after `-c`;
+    `settings`: environment variables on top (bench/feature_cost.py turns features off)."""
     kind = "gthread" if "gthread" in overrides else "run"  # run: gunicorn.conf.py's default
     name = name or f"serving-{kind}"
     env = clean_env(
@@ -214,6 +216,7 @@ def ours(
     )
     if statsd_port != DEFAULT_STATSD_PORT:  # else StatsD's default, as `make run` sends it
         env["SERVING_STATSD_PORT"] = str(statsd_port)
+    env.update(settings or {})
     command = ["-c", str(ROOT / "gunicorn.conf.py"), *overrides]
     server = Server(name, command, env, workdir)
     server.ready_path = "/health/ready"
