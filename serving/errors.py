@@ -89,6 +89,13 @@ class StoreError(ServingError):
     code = "store_error"
 
 
+class StoreReadOnly(StoreError):
+    """The store cannot be written (a read-only mount, no permission): nothing was changed."""
+
+    status_code = 503
+    code = "store_read_only"
+
+
 class StoreUnavailable(StoreError):
     """The object store cannot be reached (or answers 5xx): try again; nothing was changed."""
 

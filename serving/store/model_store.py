@@ -11,6 +11,7 @@ themselves are in `serving.store.base`, shared with the S3 backend.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from serving.errors import ModelNotFound, StoreError, VersionNotFound
+from serving.errors import ModelNotFound, StoreError, StoreReadOnly, VersionNotFound
 from serving.store.base import (
     DEFAULT_ALIAS,
     DEPLOYMENT,
@@ -176,8 +177,14 @@ class ModelStore(StoreBase):
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[Path]:
         path = self.model_dir(name)
-        path.mkdir(parents=True, exist_ok=True)
-        with exclusive_lock(path / _LOCK):
+        with contextlib.ExitStack() as held:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                held.enter_context(exclusive_lock(path / _LOCK))
+            except OSError as exc:  # a read-only mount: every write stops here, unchanged
+                if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                raise StoreReadOnly(f"the model store cannot be written: {exc.strerror}") from None
             yield path
 
     def _publish_new(self, name: str, artifact: Path, metadata: dict[str, Any], target: str) -> int:

@@ -5,10 +5,6 @@ feedback recover by themselves. Mounting needs root; elsewhere the test skips an
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +20,7 @@ from serving.telemetry.predlog import SQLiteRecorder
 from serving.telemetry.predlog_schema import COMPONENT, MIGRATIONS
 from tests.conftest import IRIS_ROW
 from tests.e2e.conftest import statsd_listener
+from tests.mounts import fill, tmpfs
 from tests.telemetry.test_prometheus import scrape
 
 SIZE = "4m"
@@ -32,37 +29,8 @@ BOUND = 50  # the prediction log's queue: a full disk fills it fast
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mount)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a {SIZE} tmpfs here (needs root): {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "small", SIZE) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    """Write a file until the filesystem is full (ENOSPC); return it."""
-    filler = directory / "filler"
-    with contextlib.suppress(OSError), filler.open("wb") as out:
-        while True:
-            out.write(b"\0" * 65536)
-            out.flush()
-            os.fsync(out.fileno())
-    with contextlib.suppress(OSError), filler.open("ab") as out:  # the last partial block too
-        while True:
-            out.write(b"\0" * 512)
-            out.flush()
-    probe = directory / "probe"
-    with pytest.raises(OSError) as full:
-        probe.write_bytes(b"\0" * 8192)
-    assert full.value.errno == errno.ENOSPC
-    return filler
 
 
 def _wait(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
@@ -106,12 +74,15 @@ def test_a_full_data_disk_loses_counted_records_and_recovers_when_space_returns(
         _wait(lambda: recorder.stats()["written"] == 1, "the first record")
         for path in ("/v1/dashboard/data", "/v1/models/iris/ab"):  # every table made once
             assert client.get(path).status_code == 200
-        filler = _fill(small_fs)
+        filler = fill(small_fs)
         reader = DataStore(small_fs, None)  # a store opened now (a request's) reads on
         try:
             reader.ensure_schema(COMPONENT, MIGRATIONS)  # up to date: writes nothing
         finally:
             reader.close()
+        predict()
+        assert recorder.flush() == 0  # the first write on the full disk fails (not timing)
+        assert recorder.status()["reason"] == "disk_full"
         for _ in range(6 * BOUND):
             predict()
         _wait(lambda: recorder.status()["dropped"] > 0, "records to be lost")
