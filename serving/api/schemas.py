@@ -43,6 +43,13 @@ class PredictRequestSchema(Schema):
         },
     )
     return_proba = StrictBoolean(load_default=False)
+    return_scores = StrictBoolean(
+        load_default=False,
+        metadata={
+            "description": "add `scores` (decision_function, or an outlier detector's "
+            "score_samples); 422 for a model without"
+        },
+    )
     routing_key = fields.String(
         validate=lambda v: 0 < len(v) <= 256,
         metadata={
@@ -70,6 +77,13 @@ class PredictResponseSchema(Schema):
     predictions = fields.List(fields.Raw(), required=True)
     probabilities = fields.List(fields.List(fields.Float()))
     classes = fields.List(fields.Raw())
+    scores = fields.List(
+        fields.Raw(),
+        metadata={
+            "description": "with return_scores: a number per row, or a list per row "
+            "(one per class) for a multiclass decision_function"
+        },
+    )
     request_id = fields.String(required=True)
     variant = fields.String(metadata={"description": "the variant that served, when split"})
 

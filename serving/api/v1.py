@@ -97,7 +97,8 @@ def _predict(
     rows = dataplane.Rows(instances=payload["instances"], may_have_bools=may_have_bools)
     max_instances = state.settings.max_instances
     timeout = state.settings.request_timeout
-    result = dataplane.infer(outcome, rows, payload["return_proba"], max_instances, timeout)
+    proba, scores = payload["return_proba"], payload["return_scores"]
+    result = dataplane.infer(outcome, rows, proba, max_instances, timeout, scores)
     body = result.body()
     body["request_id"] = g.request_id
     variant = outcome.variant

@@ -115,7 +115,8 @@ def infer(name: str, version: str | None = None) -> Response:
     v2codec.check_outputs(infer_request, specs)
     rows = dataplane.Rows(array=infer_request.array)
     proba, max_instances = infer_request.wants(v2codec.PROBA), state.settings.max_instances
-    result = dataplane.infer(outcome, rows, proba, max_instances, state.settings.request_timeout)
+    scores, timeout = infer_request.wants(v2codec.SCORES), state.settings.request_timeout
+    result = dataplane.infer(outcome, rows, proba, max_instances, timeout, scores)
     body, header_length = v2codec.encode_infer_response(result, infer_request, specs)
     if header_length is None:
         return Response(body, mimetype=JSON)

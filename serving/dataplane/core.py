@@ -39,6 +39,7 @@ def infer(
     return_proba: bool = False,
     max_instances: int | None = None,
     timeout: float | None = None,
+    return_scores: bool = False,
 ) -> PredictionResult:
     """Predict `rows` with the routed version; the outcome keeps the rows and the result.
 
@@ -49,7 +50,7 @@ def infer(
     outcome.rows = rows
     armed = deadline.arm(timeout)  # two setitimer calls per prediction, no context manager
     try:
-        result = rows.predict(outcome.served, return_proba, max_instances)
+        result = rows.predict(outcome.served, return_proba, max_instances, return_scores)
     except RequestTimeout:
         served = outcome.served
         log.warning(

@@ -21,14 +21,20 @@ class Rows:
     may_have_bools: bool = True
 
     def predict(
-        self, loaded: LoadedModel, return_proba: bool, max_instances: int | None
+        self,
+        loaded: LoadedModel,
+        return_proba: bool,
+        max_instances: int | None,
+        return_scores: bool = False,
     ) -> PredictionResult:
         """Validate these rows against `loaded`'s schema and run it (the primary or a shadow)."""
         if self.array is not None:
-            return predict_array(loaded, self.array, return_proba, max_instances)
+            return predict_array(loaded, self.array, return_proba, max_instances, return_scores)
         if self.instances is None:
             raise ValueError("Rows needs instances or an array")
-        return predict(loaded, self.instances, return_proba, max_instances, self.may_have_bools)
+        return predict(
+            loaded, self.instances, return_proba, max_instances, self.may_have_bools, return_scores
+        )
 
 
 @dataclass(slots=True)

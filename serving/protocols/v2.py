@@ -76,6 +76,9 @@ def output_specs(loaded: LoadedModel) -> dict[str, TensorSpec]:
     specs = {PREDICT: TensorSpec(PREDICT, label, shape)}
     if loaded.can_proba:
         specs[PROBA] = TensorSpec(PROBA, "FP64", (-1, len(classes) if classes else -1))
+    if loaded.score_method is not None:
+        width = loaded.score_width
+        specs[SCORES] = TensorSpec(SCORES, "FP64", (-1, width) if width > 1 else (-1,))
     return specs
 
 
@@ -125,11 +128,17 @@ def check_outputs(request: InferRequest, specs: Mapping[str, TensorSpec]) -> Non
     """Refuse outputs the model does not have (e.g. predict_proba of a regressor)."""
     for output in request.outputs:
         if output.name not in specs:
-            why = " (only classifiers with predict_proba have it)" if output.name == PROBA else ""
+            why = _WHY_MISSING.get(output.name, "")
             raise InvalidInput(
                 f"this model has no output {output.name!r}{why}: its outputs are "
                 + ", ".join(specs)
             )
+
+
+_WHY_MISSING = {
+    PROBA: " (only classifiers with predict_proba have it)",
+    SCORES: " (only models with decision_function or score_samples have it)",
+}
 
 
 def encode_infer_response(
@@ -164,6 +173,8 @@ def encode_infer_response(
 def _output_array(result: PredictionResult, name: str, datatype: str) -> np.ndarray:
     if name == PROBA:
         return np.asarray(result.probabilities, dtype=np.float64)
+    if name == SCORES:
+        return np.asarray(result.scores, dtype=np.float64)
     labels = np.asarray(result.predictions)
     if datatype == "BYTES":
         return labels

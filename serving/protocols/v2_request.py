@@ -18,7 +18,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields
 from serving.errors import InvalidInput, MalformedRequest
 from serving.protocols.strict_json import check_no_duplicate_keys, loads_lenient
 
-PREDICT, PROBA = "predict", "predict_proba"  # the outputs a request can ask for
+PREDICT, PROBA, SCORES = "predict", "predict_proba", "scores"  # the outputs a request can ask for
 # Input datatypes a numeric model takes, as little-endian numpy dtypes (binary data is LE).
 INPUT_DTYPES = {
     "INT8": "<i1",

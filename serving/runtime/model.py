@@ -73,6 +73,33 @@ class LoadedModel:
     def can_proba(self) -> bool:
         return bool(self.metadata.get("predict_proba"))
 
+    @property
+    def score_method(self) -> str | None:
+        """ "decision_function", "score_samples" or None (recorded at register)."""
+        value = self.metadata.get("scores")
+        return str(value) if value else None
+
+    @property
+    def score_width(self) -> int:
+        """Scores per row: 1 (binary, outliers) or the number of classes."""
+        return int(self.metadata.get("score_width") or 1)
+
+    @property
+    def why_no_scores(self) -> str:
+        """Why this version gives no scores, in words (the return_proba refusals' style)."""
+        if self.metadata.get("format") == "onnx":
+            return "is compiled to ONNX (scores are served by its scikit-learn version)"
+        if self.outputs:
+            return f"has {self.outputs} outputs (multi-output models give no scores here)"
+        kind = _estimator_kind(self.model)
+        if kind:
+            return f"is {kind} without decision_function or score_samples"
+        if self.task == "classifier":
+            return "is a classifier without decision_function"
+        if self.task == "regressor":
+            return "is a regressor"
+        return "has no decision_function or score_samples"
+
 
 def _estimator_kind(model: Any) -> str | None:
     """ "an outlier detector" or "a clusterer" from scikit-learn's tags; None for the rest."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ class PredictionResult:
     features: Any = field(default=None, repr=False, compare=False)
     # "hit" | "miss" | "bypass" with the prediction cache on (X-Cache); None when it is off.
     cache: str | None = field(default=None, compare=False)
+    # decision_function / score_samples when asked (return_scores): [N] or [N, k]; else None.
+    scores: Any | None = field(default=None, compare=False)
 
     def class_counts(self) -> list[tuple[Any, int]]:
         """(class, rows) pairs for the StatsD prediction counters of a classifier."""
@@ -47,6 +50,8 @@ class PredictionResult:
         if self.probabilities is not None:
             out["probabilities"] = self.probabilities
             out["classes"] = self.classes
+        if self.scores is not None:
+            out["scores"] = self.scores
         return out
 
 
@@ -56,11 +61,12 @@ def predict(
     return_proba: bool = False,
     max_instances: int | None = None,
     may_have_bools: bool = True,
+    return_scores: bool = False,
 ) -> PredictionResult:
     """Validate JSON `instances` (rows or objects) against the version's schema; run the model."""
-    _check_request(loaded, len(instances), return_proba, max_instances)
+    _check_request(loaded, len(instances), return_proba, max_instances, return_scores)
     features = loaded.schema.convert(instances, may_have_bools)
-    return _run(loaded, features, len(instances), return_proba)
+    return _run(loaded, features, len(instances), return_proba, return_scores)
 
 
 def predict_array(
@@ -68,15 +74,21 @@ def predict_array(
     array: np.ndarray,
     return_proba: bool = False,
     max_instances: int | None = None,
+    return_scores: bool = False,
 ) -> PredictionResult:
     """The same for a numeric 2-D array (binary tensors, CSV bodies)."""
     rows = int(array.shape[0]) if array.ndim else 0
-    _check_request(loaded, rows, return_proba, max_instances)
-    return _run(loaded, loaded.schema.convert_array(array), rows, return_proba)
+    _check_request(loaded, rows, return_proba, max_instances, return_scores)
+    features = loaded.schema.convert_array(array)
+    return _run(loaded, features, rows, return_proba, return_scores)
 
 
 def _check_request(
-    loaded: LoadedModel, rows: int, return_proba: bool, max_instances: int | None
+    loaded: LoadedModel,
+    rows: int,
+    return_proba: bool,
+    max_instances: int | None,
+    return_scores: bool = False,
 ) -> None:
     if max_instances is not None and rows > max_instances:
         raise InvalidInput(
@@ -89,9 +101,20 @@ def _check_request(
             f"{loaded.name} v{loaded.version} {loaded.why_no_proba}",
             {"return_proba": ["not available for this model"]},
         )
+    if return_scores and loaded.score_method is None:
+        raise InvalidInput(
+            f"return_scores needs a model with decision_function or score_samples; "
+            f"{loaded.name} v{loaded.version} {loaded.why_no_scores}",
+            {"return_scores": ["not available for this model"]},
+        )
 
 
-def _run(loaded: LoadedModel, features: Any, rows: int, return_proba: bool) -> PredictionResult:
+def _run(
+    loaded: LoadedModel, features: Any, rows: int, return_proba: bool, return_scores: bool = False
+) -> PredictionResult:
+    if return_scores:  # not cached: the cache's key and entries know labels and probabilities
+        result = _compute(loaded, features, rows, return_proba)
+        return dataclasses.replace(result, scores=_scores(loaded, features))
     if loaded.cache is not None:
         return loaded.cache.predict(
             loaded, features, return_proba, lambda: _compute(loaded, features, rows, return_proba)
@@ -117,6 +140,16 @@ def _compute(loaded: LoadedModel, features: Any, rows: int, return_proba: bool) 
         rows=rows,
         features=features,
     )
+
+
+def _scores(loaded: LoadedModel, features: Any) -> np.ndarray:
+    """The version's score method on the validated input, float64 in C order."""
+    method = getattr(loaded.model, str(loaded.score_method))
+    try:
+        scores = method(features)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidInput(f"the model rejected the input: {exc}") from None
+    return np.ascontiguousarray(scores, dtype=np.float64)
 
 
 def _jsonable(values: Any) -> Any:

@@ -15,7 +15,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import sklearn
-from sklearn.base import is_classifier, is_regressor
+from sklearn.base import is_classifier, is_outlier_detector, is_regressor
 
 from serving.errors import StoreError
 from serving.features.names import training_names
@@ -69,6 +69,7 @@ def describe_model(
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "task": task,
         **_output_fields(model, task, answer),
+        **_score_fields(model, schema, sample, answer),
         "n_features": n_features,
         "feature_names": names,
         "model_feature_names": model_names if model_names != names else None,
@@ -247,6 +248,35 @@ def _output_fields(model: Any, task: str, answer: np.ndarray) -> dict[str, Any]:
         "outputs": outputs,
         "output_dtype": _dtype_name(answer.dtype),
     }
+
+
+def _score_fields(
+    model: Any, schema: InputSchema, sample: list[list[Any]], answer: np.ndarray
+) -> dict[str, Any]:
+    """`scores`: the method `/v1` return_scores, V2's `scores` output and batch --scores call
+    (decision_function first, else an outlier detector's score_samples; null when neither, or
+    for a multi-output model); `score_width`: 1 for one number per row, k for k per row."""
+    method = _score_method(model) if answer.ndim == 1 else None
+    if method is None:
+        return {"scores": None, "score_width": None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores = np.asarray(getattr(model, method)(schema.convert(sample)), dtype=np.float64)
+    except Exception:  # e.g. a method a meta-estimator exposes but its final step lacks
+        return {"scores": None, "score_width": None}
+    if scores.ndim > 2 or scores.shape[0] != len(sample):
+        return {"scores": None, "score_width": None}
+    width = int(scores.shape[1]) if scores.ndim == 2 else 1
+    return {"scores": method, "score_width": width}
+
+
+def _score_method(model: Any) -> str | None:
+    if hasattr(model, "decision_function"):
+        return "decision_function"
+    if is_outlier_detector(model) and hasattr(model, "score_samples"):
+        return "score_samples"
+    return None
 
 
 def _dtype_name(dtype: np.dtype) -> str:
