@@ -15,6 +15,7 @@ class BatchOptions:
     version: int | None = None  # a pinned version, else the alias's
     alias: str | None = None
     proba: bool = False
+    scores: bool = False
     chunk_size: int | None = None  # None: about two million values per chunk
     id_column: str | None = None
     max_reject_rate: float = 0.01

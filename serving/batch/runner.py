@@ -35,8 +35,8 @@ from serving.store.base import StoreBase
 from serving.store.model_store import DEFAULT_ALIAS
 
 EXIT_TOO_MANY_REJECTS = 3
-_RESERVED = ("prediction", "model", "version")
-_RESERVED_PREFIXES = ("proba_", "prediction_")
+_RESERVED = ("prediction", "score", "model", "version")
+_RESERVED_PREFIXES = ("proba_", "prediction_", "score_")
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -69,6 +69,11 @@ def run_batch(store: StoreBase, options: BatchOptions) -> int:
             f"--proba needs a classifier with predict_proba; "
             f"{loaded.name} v{loaded.version} {loaded.why_no_proba}"
         )
+    if options.scores and loaded.score_method is None:
+        raise InvalidInput(
+            f"--scores needs a model with decision_function or score_samples; "
+            f"{loaded.name} v{loaded.version} {loaded.why_no_scores}"
+        )
     output = None if options.output == STDIO else Path(options.output)
     rejects = _rejects_path(options.rejects, output, options.name)
     if output is not None and rejects.resolve() == output.resolve():
@@ -77,7 +82,10 @@ def run_batch(store: StoreBase, options: BatchOptions) -> int:
     try:
         with _sigterm_raises(), batch_io.open_source(options.input) as source:
             reading = _reading(loaded, options, source.fmt)
-            job = Job(store.local_root(), options.name, version, allow, options.proba, reading)
+            job = Job(
+                store.local_root(), options.name, version, allow, options.proba, reading,
+                options.scores,
+            )  # fmt: skip
             progress = Progress(
                 label, sys.stderr, batch_io.parquet_rows(source), source.size, options.log_every
             )

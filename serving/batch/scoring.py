@@ -51,6 +51,7 @@ class Job:
     allow_mismatch: bool
     proba: bool
     reading: Reading
+    scores: bool = False  # add the score method's columns (score, or score_<class>)
 
 
 def load_model(store: StoreBase, name: str, version: int, allow_mismatch: bool) -> LoadedModel:
@@ -142,6 +143,8 @@ class Scorer:
         self._id_name = job.reading.id_column or "row"
         classes = loaded.classes or []
         self._proba_names = [f"proba_{c}" for c in classes] if job.proba else []
+        # Probabilities and scores travel as one float matrix: these are its columns.
+        self._float_names = self._proba_names + (score_names(loaded) if job.scores else [])
         # One column per output of a multi-output or multilabel model: prediction_0, ...
         outputs = loaded.outputs
         self._prediction_names = (
@@ -177,7 +180,7 @@ class Scorer:
             [
                 (self._id_name, id_type),
                 *[(name, label_type) for name in self._prediction_names],
-                *[(name, pa.float64()) for name in self._proba_names],
+                *[(name, pa.float64()) for name in self._float_names],
                 ("model", pa.string()),
                 ("version", pa.int64()),
             ]
@@ -189,8 +192,12 @@ class Scorer:
             # A model fitted on a DataFrame and fed the equivalent array (see runtime.prepare).
             warnings.filterwarnings("ignore", message="X does not have valid feature names")
             predictions = np.asarray(model.predict(features))
-            probabilities = np.asarray(model.predict_proba(features)) if self._job.proba else None
-        return predictions, probabilities
+            floats = [np.asarray(model.predict_proba(features))] if self._job.proba else []
+            if self._job.scores:  # the estimator's own method (a numpy kernel has none)
+                method = getattr(self._loaded.model, str(self._loaded.score_method))
+                scores = np.asarray(method(features), dtype=np.float64)
+                floats.append(scores.reshape(len(scores), -1))
+        return predictions, np.hstack(floats) if floats else None
 
     def _table(
         self,
@@ -208,7 +215,7 @@ class Scorer:
                 columns[f"prediction_{j}"] = pa.array(predictions[:, j])
         else:
             columns["prediction"] = pa.array(predictions)
-        for j, name in enumerate(self._proba_names):
+        for j, name in enumerate(self._float_names):
             assert probabilities is not None
             columns[name] = pa.array(probabilities[:, j], pa.float64())
         columns["model"] = pa.repeat(pa.scalar(self._loaded.name), rows)
@@ -222,6 +229,18 @@ class Scorer:
             out["id"] = decoded.ids[int(i)].as_py()
         out.update(reason=reason, feature=feature, message=message)
         return out
+
+
+def score_names(loaded: LoadedModel) -> list[str]:
+    """`score` for one score per row, else `score_<class>` (a multiclass decision_function)."""
+    width, classes = loaded.score_width, loaded.classes or []
+    if width == 1:
+        return ["score"]
+    return (
+        [f"score_{c}" for c in classes]
+        if len(classes) == width
+        else [f"score_{j}" for j in range(width)]
+    )
 
 
 def predict_isolating(

@@ -19,6 +19,7 @@ def add_parser(verbs: Any) -> None:
     pick.add_argument("--version", type=int, help="a pinned version")
     pick.add_argument("--alias", help=f"the alias to score with (default: {DEFAULT_ALIAS})")
     batch.add_argument("--proba", action="store_true", help="add proba_<class> columns")
+    batch.add_argument("--scores", action="store_true", help="add score (or score_<class>) columns")
     batch.add_argument("--chunk-size", type=int, help="rows per chunk (default: ~2M values)")
     batch.add_argument("--id-column", help="input column copied to the output (default: row)")
     batch.add_argument(

@@ -164,6 +164,7 @@ def _new_metadata(
 
     prepared = {k: v for k, v in metadata.items() if k not in _OWN_FIELDS}
     prepared.pop("quantization", None)
+    prepared.update(scores=None, score_width=None)  # scores are served by the source version
     prepared.update(
         format="onnx",
         source_version=int(version),

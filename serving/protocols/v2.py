@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from serving.errors import InvalidInput
-from serving.protocols.v2_request import INPUT_DTYPES, PREDICT, PROBA, InferRequest
+from serving.protocols.v2_request import INPUT_DTYPES, PREDICT, PROBA, SCORES, InferRequest
 
 # Re-exported: serving.api.v2 reaches the whole codec, requests included, through this module.
 from serving.protocols.v2_request import InferRequestSchema as InferRequestSchema

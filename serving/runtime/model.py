@@ -77,7 +77,7 @@ class LoadedModel:
     def score_method(self) -> str | None:
         """ "decision_function", "score_samples" or None (recorded at register)."""
         value = self.metadata.get("scores")
-        return str(value) if value else None
+        return str(value) if value and self.metadata.get("format") != "onnx" else None
 
     @property
     def score_width(self) -> int:

@@ -89,7 +89,7 @@ def test_model_readiness_and_metadata(triton: Any) -> None:
     }
     features = tensor["parameters"]["features"]  # what each column is, nullable or not
     assert [f["nullable"] for f in features] == [False] * 4
-    assert [o["name"] for o in metadata["outputs"]] == ["predict", "predict_proba"]
+    assert [o["name"] for o in metadata["outputs"]] == ["predict", "predict_proba", "scores"]
     pinned = triton.get_model_metadata("diabetes", "1")
     assert pinned["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
 
@@ -127,6 +127,19 @@ def test_predict_proba_output(server: GunicornServer, triton: Any, binary_output
     probabilities = result.as_numpy("predict_proba")
     assert probabilities.shape == (3, 3) and probabilities.dtype == np.float64
     assert np.allclose(probabilities, _v1(server)["probabilities"], atol=1e-6)
+
+
+@pytest.mark.parametrize("binary_output", [True, False], ids=["binary-out", "json-out"])
+def test_scores_output_is_the_decision_function(
+    server: GunicornServer, triton: Any, binary_output: bool
+) -> None:
+    outputs = [tritonclient_http.InferRequestedOutput("scores", binary_data=binary_output)]
+    result = triton.infer("iris", [_input(ROWS, "FP64", True)], outputs=outputs)
+    scores = result.as_numpy("scores")
+    assert scores.shape == (3, 3) and scores.dtype == np.float64
+    body = {"instances": ROWS, "return_scores": True}
+    want = _get_json(server.port, "/v1/models/iris/predict", body)[1]["scores"]
+    assert np.allclose(scores, want, atol=1e-12)
 
 
 def test_regressor_predictions(server: GunicornServer, triton: Any) -> None:

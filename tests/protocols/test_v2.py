@@ -130,6 +130,7 @@ def test_classifier_metadata_has_label_and_probability_outputs(client: FlaskClie
         "outputs": [
             {"name": "predict", "datatype": "BYTES", "shape": [-1]},
             {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 3]},
+            {"name": "scores", "datatype": "FP64", "shape": [-1, 3]},  # decision_function
         ],
     }
 
