@@ -89,6 +89,8 @@ class LoadedModel:
         """Why this version gives no scores, in words (the return_proba refusals' style)."""
         if self.metadata.get("format") == "onnx":
             return "is compiled to ONNX (scores are served by its scikit-learn version)"
+        if "scores" not in self.metadata:
+            return "was registered before scores were recorded (register it again)"
         if self.outputs:
             return f"has {self.outputs} outputs (multi-output models give no scores here)"
         kind = _estimator_kind(self.model)
