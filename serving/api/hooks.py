@@ -6,7 +6,6 @@ reads that object (never per-protocol attributes), and schedules the outcome's s
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 import uuid
@@ -16,10 +15,9 @@ from flask import g as _g
 
 from serving.api.state import ServingState, get_state
 from serving.dataplane import Outcome, shadow_task
-from serving.telemetry.logs import REQUEST_ID
+from serving.telemetry.logs import REQUEST_ID, request_line
 from serving.telemetry.recorder import PredictionRecord
 
-log = logging.getLogger("serving.request")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Prediction routes (/v1, V2, MLflow): refused before choosing a model, they still count as
 # failed traffic on the dashboard.
@@ -122,9 +120,8 @@ def _schedule_shadow(
 
 def _log_line(request_id: str, status: int, duration_ms: float, outcome: Outcome | None) -> None:
     result = outcome.result if outcome is not None else None
-    log.info(
-        "request",
-        extra={
+    request_line(
+        {
             "request_id": request_id,
             "method": request.method,
             "path": request.path,
@@ -135,5 +132,5 @@ def _log_line(request_id: str, status: int, duration_ms: float, outcome: Outcome
             "variant": outcome.variant if outcome is not None else None,
             "rows": result.rows if result is not None else None,
             "duration_ms": round(duration_ms, 3),
-        },
+        }
     )

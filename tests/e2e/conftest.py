@@ -387,6 +387,20 @@ class GunicornServer:
             lambda: next((r for r in self.records() if predicate(r)), None), timeout, what
         )
 
+    def served_by(self, model: str, workers: set[int], timeout: float = 5.0) -> set[int]:
+        """The pids whose request lines name `model`, once they are `workers` (request lines
+        are written every FLUSH_EVERY seconds); fails the test after `timeout`."""
+
+        def pids() -> set[int]:
+            return {
+                r["process"]
+                for r in self.records()
+                if r.get("logger") == "serving.request" and r.get("model") == model
+            }
+
+        wait_until(lambda: pids() == workers, timeout, f"request lines of {sorted(workers)}")
+        return pids()
+
     def output(self) -> str:
         return "\n".join(["--- stdout", *self.lines[-60:], "--- stderr", *self.errors[-60:]])
 

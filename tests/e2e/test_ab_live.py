@@ -84,12 +84,15 @@ def test_ab_report_sums_predictions_and_feedback_of_both_workers(
             assert body["variants"][1]["vs_primary"]["against"] == "v1"
             assert body["verdict"]["text"]
 
-            workers = {
-                record.get("process")
-                for record in server.records()
-                if record.get("path") == "/v1/models/iris/predict"
-            }
-            assert len(workers) == 2, workers  # the report summed two workers' logs
+            def workers() -> set[int]:
+                return {
+                    record["process"]
+                    for record in server.records()
+                    if record.get("path") == "/v1/models/iris/predict"
+                }
+
+            wait_until(lambda: len(workers()) == 2, 5, "request lines of both workers")
+            # the report summed two workers' logs
         finally:
             server.stop()  # flushes each worker's queue on its way out
     cli = run_cli(store, "ab", "iris", "--data-dir", str(data_dir), "--window", "1h")

@@ -9,6 +9,7 @@ and still be refused, rightly, by the model's own schema (feature count, names, 
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
+from serving.telemetry.logs import FLUSH_EVERY
 from tests.e2e.conftest import GunicornServer, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -58,5 +60,6 @@ def test_every_operation_conforms_to_the_live_spec(
                 )
 
             check()
+    time.sleep(FLUSH_EVERY * 3)  # the last request lines are written
     statuses = [record.get("status") for record in server.records()]
     assert statuses and 500 not in statuses
