@@ -29,6 +29,7 @@ from gunicorn.http.errors import (
 from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
 from gunicorn.workers.sync import SyncWorker as _SyncWorker
 
+from serving.api import coalesce
 from serving.api.drain import draining
 
 # A message echoes what the client sent (a request line, a header name): at most this much.
@@ -83,6 +84,10 @@ class JsonErrors:
     log lines as gunicorn's own, except that every parse error is a client error)."""
 
     log: Any
+
+    def init_process(self) -> None:
+        coalesce.install()  # one send per response: headers with the body
+        super().init_process()  # type: ignore[misc]
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         status, _, _ = error_answer(exc)
