@@ -116,12 +116,13 @@ docs: dev
 
 # Benchmark on loopback (bench/run.py), 4-5 minutes: BENCH_QUICK=1 for under 90 s,
 # BENCH_WORKERS=N (default 2), BENCH_DURATION=s per cell. Installs wrk (Debian) if missing.
-.PHONY: bench bench-batch bench-peers bench-boosting wrk
+.PHONY: bench bench-batch bench-peers bench-boosting bench-features wrk
 bench: venv wrk
 	$(PY) -m bench.run
 	$(MAKE) bench-batch
 	$(MAKE) bench-fleet
 	$(MAKE) bench-boosting
+	$(MAKE) bench-features
 
 # The shared store and database against the defaults (bench/fleet_bench.py), about 3 minutes:
 # starts a SeaweedFS and a PostgreSQL of its own, like the tests.
