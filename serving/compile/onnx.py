@@ -36,12 +36,13 @@ _OWN_FIELDS = ("name", "version", "artifact", "created_at", "created_by", "sha25
 def convert(model: Any, metadata: dict[str, Any]) -> bytes:
     """The model as ONNX bytes: one float tensor input "input" [None, n_features]."""
     features = metadata.get("features", [])
-    categorical = [f["name"] for f in features if f.get("kind") not in ("numeric", "boolean")]
-    if categorical:
-        raise StoreError(
-            "cannot compile to ONNX: the model has categorical features "
-            f"({', '.join(categorical[:5])}); only all-numeric inputs are supported"
-        )
+    for kind in ("text", "categorical"):
+        named = [f["name"] for f in features if f.get("kind") == kind]
+        if named:
+            raise StoreError(
+                f"cannot compile to ONNX: the model has {kind} features "
+                f"({', '.join(named[:5])}); only all-numeric inputs are supported"
+            )
     refusal = converters.unsupported(model)
     if refusal:
         raise StoreError(f"cannot compile to ONNX: {refusal}")
