@@ -288,14 +288,49 @@ def test_hashing_vectorizer_drift_is_length_only(store: ModelStore, tmp_path: Pa
     assert stats["kind"] == "text" and stats["oov_rate"] is None and stats["mean"] > 0
 
 
-def test_onnx_compilation_of_a_text_pipeline_fails_clearly_and_sklearn_serves(
-    app: Flask, text_store: ModelStore, capsys: pytest.CaptureFixture[str]
+def test_onnx_of_an_ascii_tfidf_pipeline_passes_the_parity_gate_and_serves(
+    text_store: ModelStore, make_app: Callable[..., Flask], tfidf: Path
 ) -> None:
-    for name in ("reviews", "mixed"):
+    assert main(["--store", str(text_store.root), "optimize", "reviews", "1", "--onnx"]) == 0
+    metadata = text_store.read_metadata("reviews", 2)
+    assert metadata["format"] == "onnx" and metadata["parity"]["ok"] is True
+    assert metadata["parity"]["rows"] > 2000
+    assert main(["--store", str(text_store.root), "models", "promote", "reviews", "2"]) == 0
+    client = make_app().test_client()
+    response = client.post("/v1/models/reviews/predict", json={"instances": TEXTS})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["predictions"] == _own(tfidf, TEXTS)
+    assert client.get("/v1/models/reviews").get_json()["runtime"] == "onnxruntime"
+
+
+def test_onnx_refusals_are_one_line_and_sklearn_keeps_serving(
+    text_store: ModelStore,
+    make_app: Callable[..., Flask],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    hashed = _bare(tmp_path, HashingVectorizer(n_features=64), "hashed")
+    accents = tmp_path / "accents.joblib"
+    docs = [d.replace("good", "très bon").replace("bad", "mauvais été") for d in DOCS]
+    joblib.dump(make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(docs, LABELS), accents)
+    text_store.register("hashed", hashed, activate=True, actor="test")
+    text_store.register("accents", accents, activate=True, actor="test")
+    cases = {
+        "mixed": "cannot compile to ONNX: the model has text features (review)",
+        "hashed": "Unable to find a shape calculator for type",
+        "accents": "the ONNX model does not match the original; not registered",
+    }
+    for name, reason in cases.items():
         assert main(["--store", str(text_store.root), "optimize", name, "1", "--onnx"]) == 1
-        err = capsys.readouterr().err.strip()
-        assert "cannot compile to ONNX: the model has text features" in err
-        assert len(err.splitlines()) == 1
+        first, *rest = capsys.readouterr().err.strip().splitlines()
+        assert reason in first, first
+        if name == "accents":  # the parity report follows, and the hint says why
+            assert any("beyond plain ASCII words" in line for line in rest)
+        else:
+            assert rest == []
         assert text_store.versions(name) == [1]
-    response = app.test_client().post("/v1/models/reviews/predict", json={"instances": TEXTS})
-    assert response.status_code == 200
+    client = make_app().test_client()
+    for name in ("mixed", "hashed", "accents"):
+        instances = [{"review": "très bon", "stars": 1.0}] if name == "mixed" else ["très bon"]
+        response = client.post(f"/v1/models/{name}/predict", json={"instances": instances})
+        assert response.status_code == 200, response.get_json()
