@@ -1,9 +1,10 @@
 """Text features: finding them in a fitted model, and measuring live text against the fit.
 
 A model takes text where a scikit-learn vectorizer (TfidfVectorizer, CountVectorizer,
-HashingVectorizer: anything with `build_analyzer`) reads raw strings: the model itself or the
-first step of a Pipeline (a bare text model, fed a 1-D array of strings), or a ColumnTransformer
-column sent to one (fed as that DataFrame column). The drift monitor measures a text feature by
+HashingVectorizer: anything with `build_analyzer`) reads raw strings: the model itself or a step
+of a Pipeline that only text-to-text steps precede (a bare text model, fed a 1-D array of
+strings: no step before it learnt a feature count), or a ColumnTransformer column sent to one
+(fed as that DataFrame column). The drift monitor measures a text feature by
 its length in characters and, where the vectorizer has a fitted `vocabulary_`, the share of its
 tokens that are out of that vocabulary (HashingVectorizer has none: length only).
 """
@@ -24,14 +25,20 @@ def is_vectorizer(estimator: Any) -> bool:
 
 
 def bare_vectorizer(model: Any) -> Any | None:
-    """The vectorizer a bare text model starts with (itself, or its Pipeline's first step)."""
-    while True:
-        if is_vectorizer(model):
-            return model
-        steps = getattr(model, "steps", None)
-        if not steps:
+    """The vectorizer a bare text model starts with: itself, or the first vectorizer of its
+    Pipeline when no step before it learnt a feature count (a FunctionTransformer cleaning the
+    strings may come first; a ColumnTransformer or a scaler may not)."""
+    if is_vectorizer(model):
+        return model
+    for _, step in getattr(model, "steps", None) or []:
+        if step is None or step == "passthrough":
+            continue
+        found = bare_vectorizer(step)
+        if found is not None:
+            return found
+        if hasattr(step, "n_features_in_") or hasattr(step, "transformers_"):
             return None
-        model = steps[0][1]
+    return None
 
 
 def column_vectorizers(model: Any, labels: Sequence[str]) -> dict[int, Any]:

@@ -51,16 +51,19 @@ def describe_model(
     reference: pd.DataFrame | None,
     categorical: set[str] | None = None,
     nullable: dict[str, bool] | None = None,
+    texts: set[str] | None = None,
 ) -> dict[str, Any]:
     """The metadata fields that come from the fitted model and its reference data.
 
-    `nullable` overrides the probe of which numeric features the model answers NaN for.
+    `nullable` overrides the probe of which numeric features the model answers NaN for;
+    `texts` names text features (for a model without feature names: its one text feature).
     """
     model_names = _feature_names(model)
-    bare = model_names is None and text.bare_vectorizer(model) is not None
-    names = [_text_name(reference)] if bare else _user_names(model_names, reference)
+    bare = model_names is None and (bool(texts) or text.bare_vectorizer(model) is not None)
+    names = [_text_name(reference, texts)] if bare else _user_names(model_names, reference)
     n_features = 1 if bare else _n_features(model, names, reference)
     kinds = _feature_kinds(model, names, n_features, reference, categorical or set())
+    kinds = _marked_text(kinds, names, texts or set(), bare)
     frame = names is not None and not bare  # a bare text model takes a 1-D array of strings
     schema = InputSchema(n_features, names, kinds, frame, model_names=model_names)
     sample = _sample_rows(schema, reference, model)
@@ -105,11 +108,26 @@ def _user_names(model_names: list[str] | None, reference: pd.DataFrame | None) -
     return training_names(model_names, list(reference.columns)) or model_names
 
 
-def _text_name(reference: pd.DataFrame | None) -> str:
-    """A bare text model's one feature: the reference data's column if it has only one."""
+def _text_name(reference: pd.DataFrame | None, texts: set[str] | None) -> str:
+    """A bare text model's one feature: --text, else the reference data's only column."""
+    if texts:
+        if len(texts) > 1:
+            raise StoreError(f"--text: this model takes one text feature, not {len(texts)}")
+        return next(iter(texts))
     if reference is not None and reference.shape[1] == 1:
         return str(reference.columns[0])
     return text.DEFAULT_NAME
+
+
+def _marked_text(
+    kinds: list[str], names: list[str] | None, texts: set[str], bare: bool
+) -> list[str]:
+    unknown = texts - set(names or ())
+    if unknown:
+        raise StoreError(f"--text names unknown features: {', '.join(sorted(unknown))}")
+    return [
+        TEXT if bare or name in texts else kind for kind, name in zip(kinds, names or [])
+    ] or kinds
 
 
 def _n_features(model: Any, names: list[str] | None, reference: pd.DataFrame | None) -> int:

@@ -334,3 +334,33 @@ def test_onnx_refusals_are_one_line_and_sklearn_keeps_serving(
         instances = [{"review": "très bon", "stars": 1.0}] if name == "mixed" else ["très bon"]
         response = client.post(f"/v1/models/{name}/predict", json={"instances": instances})
         assert response.status_code == 200, response.get_json()
+
+
+def lower(texts: list[str]) -> list[str]:
+    return [t.lower() for t in texts]
+
+
+def test_a_cleaning_step_before_the_vectorizer_and_the_text_flag(
+    store: ModelStore, make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    from sklearn.preprocessing import FunctionTransformer
+
+    model = make_pipeline(FunctionTransformer(lower), TfidfVectorizer(), LogisticRegression())
+    artifact = tmp_path / "cleaned.joblib"
+    joblib.dump(model.fit(DOCS, LABELS), artifact)
+    root = ["--store", str(store.root), "models", "register"]
+    assert main([*root, "cleaned", str(artifact), "--activate"]) == 0  # found without a flag
+    assert main([*root, "named", str(artifact), "--activate", "--text", "review"]) == 0
+    assert store.read_metadata("named", 1)["features"][0] == {
+        "name": "review",
+        "kind": "text",
+        "nullable": False,
+    }
+    assert main([*root, "mixed", str(artifact), "--text", "a,b"]) != 0
+    client = make_app().test_client()
+    for name, key in (("cleaned", "text"), ("named", "review")):
+        response = client.post(
+            f"/v1/models/{name}/predict", json={"instances": [{key: t} for t in TEXTS]}
+        )
+        assert response.status_code == 200, response.get_json()
+        assert response.get_json()["predictions"] == model.predict(TEXTS).tolist()
