@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import sklearn
 from flask import Flask
@@ -86,7 +88,19 @@ def init_state(app: Flask, settings: Settings) -> ServingState:
     if settings.start_poller:
         loader.ensure_polling()
     dropped = metrics.telemetry_dropped  # telemetry lost while the data store cannot keep up
-    recorder, monitor = make_recorder(settings, dropped), make_monitor(settings, dropped, store)
+    recorder = make_recorder(settings, dropped)
+    monitor = make_monitor(settings, dropped, store, _held_model(loader))
     state = ServingState(settings, store, loader, metrics, recorder=recorder, monitor=monitor)
     app.extensions[EXTENSION] = state
     return state
+
+
+def _held_model(loader: ModelLoader) -> Callable[[str, int], Any]:
+    """The fitted model of a version this worker holds, or None (for the drift monitor)."""
+
+    def model_of(name: str, version: int) -> Any:
+        state = loader.states().get(name)
+        loaded = state.versions().get(version) if state is not None else None
+        return loaded.model if loaded is not None else None
+
+    return model_of

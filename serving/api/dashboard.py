@@ -103,6 +103,7 @@ class FeatureRowSchema(Schema):
     status = fields.String(required=True)
     outside_range = fields.Float(allow_none=True)
     missing_rate = fields.Float(allow_none=True)
+    oov_rate = fields.Float(allow_none=True, metadata={"description": "text features only"})
 
 
 class WorstFeatureSchema(Schema):

@@ -75,7 +75,10 @@ class _Scored(Schema):
 
 class FeatureDriftSchema(_Scored):
     name = fields.String(required=True)
-    kind = fields.String(required=True, metadata={"description": "numeric or categorical"})
+    kind = fields.String(
+        required=True,
+        metadata={"description": "numeric, categorical or text (text: bins of its length)"},
+    )
     missing_rate = fields.Float(allow_none=True, required=True)
     reference_missing_rate = fields.Float(allow_none=True, required=True)
     outside_range = fields.Float(
@@ -85,6 +88,14 @@ class FeatureDriftSchema(_Scored):
     reference_mean = fields.Float(allow_none=True)
     mean_shift_std = fields.Float(allow_none=True)
     unseen_share = fields.Float(allow_none=True, metadata={"description": "unseen categories"})
+    oov_rate = fields.Float(
+        allow_none=True,
+        metadata={"description": "text: share of tokens out of the fitted vocabulary"},
+    )
+    reference_oov_rate = fields.Float(allow_none=True)
+    oov_psi = fields.Float(
+        allow_none=True, metadata={"description": "text: PSI of in- vs out-of-vocabulary tokens"}
+    )
 
 
 class OutputDriftSchema(_Scored):

@@ -36,9 +36,12 @@ class PredictRequestSchema(Schema):
     instances = Instances(
         required=True,
         metadata={
-            "description": "rows (lists in feature order) or objects keyed by feature name",
+            "description": "rows (lists in feature order) or objects keyed by feature name; "
+            "a model with one text feature also takes bare strings",
             "minItems": 1,
-            "items": {"oneOf": [{"type": "array", "items": {}}, {"type": "object"}]},
+            "items": {
+                "oneOf": [{"type": "array", "items": {}}, {"type": "object"}, {"type": "string"}]
+            },
             "example": [[5.1, 3.5, 1.4, 0.2]],
         },
     )
@@ -90,7 +93,9 @@ class PredictResponseSchema(Schema):
 
 class FeatureSchema(Schema):
     name = fields.String(required=True)
-    kind = fields.String(required=True, metadata={"enum": ["numeric", "categorical", "boolean"]})
+    kind = fields.String(
+        required=True, metadata={"enum": ["numeric", "categorical", "boolean", "text"]}
+    )
     nullable = fields.Boolean(
         required=True,
         metadata={"description": "takes null (or NaN), fed to the model as a missing value"},

@@ -28,7 +28,7 @@ from serving.batch.options import BatchOptions
 from serving.batch.progress import Progress
 from serving.batch.scoring import Job, Scored, Scorer, load_model, scored_chunks
 from serving.errors import InvalidInput, ModelNotFound
-from serving.features.schema import CATEGORICAL
+from serving.features.schema import STRING_KINDS
 from serving.runtime.model import LoadedModel
 from serving.settings import Settings
 from serving.store.base import StoreBase
@@ -139,7 +139,7 @@ def default_chunk_size(n_features: int, fmt: str = "csv") -> int:
 
 def _reading(loaded: LoadedModel, options: BatchOptions, fmt: str) -> Reading:
     schema = loaded.schema
-    text = [n for n, k in zip(schema.names or [], schema.kinds) if k == CATEGORICAL]
+    text = [n for n, k in zip(schema.names or [], schema.kinds) if k in STRING_KINDS]
     if options.id_column and options.id_column not in (schema.names or []):
         text.append(options.id_column)
     return Reading(fmt, schema.names, schema.n_features, text, options.id_column)

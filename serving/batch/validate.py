@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from serving.batch.files import ABSENT, Decoded, Field
-from serving.features.schema import BOOLEAN, CATEGORICAL, InputSchema
+from serving.features.schema import BOOLEAN, STRING_KINDS, InputSchema
 
 Problem = tuple[str, str | None, str]  # reason, feature (or None), message
 
@@ -27,8 +27,8 @@ def validate(decoded: Decoded, schema: InputSchema) -> tuple[Any, np.ndarray, di
     }
     columns = [
         _numbers(column, label, decoded, problems, (nullable, kind == BOOLEAN))
-        if kind != CATEGORICAL
-        else _strings(column, label, decoded, problems)
+        if kind not in STRING_KINDS
+        else _strings(column, label, decoded, problems, kind)
         for column, kind, label, nullable in zip(
             decoded.fields, schema.kinds, schema.labels, schema.nullable
         )
@@ -43,9 +43,7 @@ def validate(decoded: Decoded, schema: InputSchema) -> tuple[Any, np.ndarray, di
             matrix[:, j] = column
         return schema.to_model_input(matrix if every else matrix[ok]), ok, problems
     kept = [c if every else c[ok] for c in columns]
-    if schema.frame:
-        return schema.to_model_frame(kept), ok, problems
-    return np.column_stack(kept).astype(object), ok, problems
+    return schema.from_columns(kept), ok, problems
 
 
 def _numbers(
@@ -147,8 +145,11 @@ def _not_finite(value: float, column: Field, i: int, decoded: Decoded, label: st
     return "not_finite", label, f"feature {label!r}: expected a finite number, got {shown}"
 
 
-def _strings(column: Field, label: str, decoded: Decoded, problems: dict[int, Problem]) -> Any:
-    """Categorical values: strings pass; anything else is named (bad rows are dropped later)."""
+def _strings(
+    column: Field, label: str, decoded: Decoded, problems: dict[int, Problem], kind: str
+) -> Any:
+    """Categorical and text values: strings pass; anything else is named (bad rows are dropped
+    later)."""
     values = column.values.astype(object, copy=False)
     if pd.api.types.infer_dtype(values, skipna=False) == "string":
         return values
@@ -160,7 +161,7 @@ def _strings(column: Field, label: str, decoded: Decoded, problems: dict[int, Pr
         elif value is None or (decoded.nan_is_missing and value != value):
             problems[i] = ("missing_value", label, f"feature {label!r}: missing value")
         else:
-            problems[i] = _wrong(label, _describe(value), "a string (categorical feature)")
+            problems[i] = _wrong(label, _describe(value), f"a string ({kind} feature)")
     return values
 
 

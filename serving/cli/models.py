@@ -27,6 +27,12 @@ def add_parser(verbs: Any) -> Any:
     reg.add_argument("--activate", action="store_true", help=f"point {DEFAULT_ALIAS} at it")
     reg.add_argument("--categorical", default="", help="comma-separated string features")
     reg.add_argument(
+        "--text",
+        default="",
+        help="comma-separated text features (found without it where a vectorizer reads them); "
+        "for a model without feature names, the name of its one text feature",
+    )
+    reg.add_argument(
         "--no-created-by",
         dest="created_by",
         action="store_false",
@@ -66,6 +72,7 @@ def run(store: StoreBase, args: argparse.Namespace) -> int:
             policy=safe_register.policy(args),
             created_by=args.created_by,
             nullable=safe_register.nullable(args),
+            text={c.strip() for c in args.text.split(",") if c.strip()},
         )
         print(version)
     elif args.action == "list":

@@ -17,8 +17,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serving.compile import converters
-from serving.compile.parity import parity_report, parity_rows
+from serving.compile import converters, text_onnx
+from serving.compile.parity import SEED, SYNTHETIC_ROWS, parity_report, parity_rows
 from serving.errors import StoreError
 from serving.runtime.onnx import OnnxModel, from_metadata
 
@@ -34,30 +34,34 @@ _OWN_FIELDS = ("name", "version", "artifact", "created_at", "created_by", "sha25
 
 
 def convert(model: Any, metadata: dict[str, Any]) -> bytes:
-    """The model as ONNX bytes: one float tensor input "input" [None, n_features]."""
+    """The model as ONNX bytes: one float tensor input "input" [None, n_features] (a bare text
+    model: one string tensor [None, 1])."""
     features = metadata.get("features", [])
-    categorical = [f["name"] for f in features if f.get("kind") not in ("numeric", "boolean")]
-    if categorical:
-        raise StoreError(
-            "cannot compile to ONNX: the model has categorical features "
-            f"({', '.join(categorical[:5])}); only all-numeric inputs are supported"
-        )
+    text_model = text_onnx.is_text_model(metadata)
+    for kind in ("categorical",) if text_model else ("text", "categorical"):
+        named = [f["name"] for f in features if f.get("kind") == kind]
+        if named:
+            raise StoreError(
+                f"cannot compile to ONNX: the model has {kind} features "
+                f"({', '.join(named[:5])}); only all-numeric inputs are supported"
+            )
     refusal = converters.unsupported(model)
     if refusal:
         raise StoreError(f"cannot compile to ONNX: {refusal}")
     from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
 
     converters.prepare()
     converted = converters.for_conversion(model)  # options are keyed by id(): of this object
-    n_features = int(metadata["n_features"])
+    options = _options(converted, metadata)
+    if text_model:
+        options = {**(options or {}), **text_onnx.options(converted)}
     try:
         with warnings.catch_warnings(), converters.int_flags():
             warnings.simplefilter("ignore")
             onx = convert_sklearn(
                 converted,
-                initial_types=[("input", FloatTensorType([None, n_features]))],
-                options=_options(converted, metadata),
+                initial_types=_initial_types(metadata, text_model),
+                options=options,
                 target_opset=converters.TARGET_OPSET,
             )
     except Exception as exc:
@@ -66,6 +70,14 @@ def convert(model: Any, metadata: dict[str, Any]) -> bytes:
         ) from None
     converters.route_missing_like_sklearn(onx, model)
     return onx.SerializeToString()
+
+
+def _initial_types(metadata: dict[str, Any], text_model: bool) -> list[tuple[str, Any]]:
+    from skl2onnx.common.data_types import FloatTensorType
+
+    if text_model:
+        return text_onnx.initial_types()
+    return [("input", FloatTensorType([None, int(metadata["n_features"])]))]
 
 
 def _reason(exc: BaseException) -> str:
@@ -109,9 +121,15 @@ def optimize(
         what = f"{name} v{version} ({_model_kind(original, metadata)})"
         onnx_bytes, quantization = quantize_model(onnx_bytes, what)
     compiled = _runtime_model(onnx_bytes, metadata)
-    report = parity_report(original, compiled, parity_rows(metadata), metadata, quantize)
+    rows = (
+        text_onnx.parity_rows(metadata, original, SYNTHETIC_ROWS, SEED)
+        if text_onnx.is_text_model(metadata)
+        else parity_rows(metadata)
+    )
+    report = parity_report(original, compiled, rows, metadata, quantize)
     if not report["ok"]:
-        raise ParityError(report, _missing_values_hint(name, report, metadata))
+        hint = text_onnx.HINT if text_onnx.is_text_model(metadata) else ""
+        raise ParityError(report, _missing_values_hint(name, report, metadata) or hint)
     prepared = _new_metadata(metadata, version, report, quantization)
     return _register(store, name, onnx_bytes, prepared, actor), report
 

@@ -80,6 +80,8 @@ def parity_report(
     `rows_with_missing_values` counts the rows with a NaN; when the comparison fails,
     `ok_on_rows_without_missing_values` says whether the other rows alone would pass."""
     report = _compare(original, compiled, rows, metadata, gate)
+    if rows.dtype.kind == "O":  # texts: no missing values
+        return report | {"rows_with_missing_values": 0}
     missing = np.isnan(rows).any(axis=1)
     report["rows_with_missing_values"] = int(missing.sum())
     if not report["ok"] and missing.any() and not missing.all():

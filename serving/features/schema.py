@@ -5,7 +5,9 @@ checks is walked value by value, to name the first bad row and feature. A numeri
 model answers missing values for (`nullable`, probed at register) takes JSON null or NaN, fed
 to the model as NaN; that check runs only when the fast one fails, so it costs nothing otherwise.
 A boolean feature (a bool column of the reference data) takes true/false, fed as 1.0/0.0 as
-scikit-learn fed it when fitting.
+scikit-learn fed it when fitting. A text feature (a column a fitted vectorizer reads) takes
+strings: a model with one text feature and no frame (a bare vectorizer Pipeline) is fed a 1-D
+object array, as it was fitted; its instances may be bare strings.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from serving.errors import InvalidInput
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 BOOLEAN = "boolean"
+TEXT = "text"
+STRING_KINDS = (CATEGORICAL, TEXT)  # fed to the model as strings
 NUMERIC_KINDS = (NUMERIC, BOOLEAN)  # fed to the model as float64
 _NUMBER_TYPES = (int, float)
 
@@ -60,6 +64,8 @@ class InputSchema:
         self.frame = frame and self.names is not None
         self.labels = self.names or [f"[{i}]" for i in range(n_features)]
         self.numeric_only = all(kind in NUMERIC_KINDS for kind in self.kinds)
+        # A bare text model: one text feature fed as a 1-D array of strings.
+        self.vector = not self.frame and self.kinds == [TEXT]
         self._booleans = [kind == BOOLEAN for kind in self.kinds]
         self._getter = _row_getter(self.names) if self.names else None
 
@@ -96,6 +102,8 @@ class InputSchema:
         """
         if instances and type(instances[0]) is dict:
             rows: Sequence[Sequence[Any]] = self._rows_from_objects(instances)
+        elif self.vector and instances and type(instances[0]) not in (list, tuple):
+            rows = [(text,) for text in instances]  # ["some text", ...]
         else:
             rows = instances
         if self.numeric_only:
@@ -103,11 +111,21 @@ class InputSchema:
         return self._mixed(rows)
 
     def convert_array(self, array: np.ndarray) -> Any:
-        """Validate an already numeric 2-D array (binary tensors, CSV) and wrap it for the model."""
+        """Validate an already numeric 2-D array (binary tensors, CSV) and wrap it for the model;
+        a bare text model takes an array of strings ([N] or [N, 1], V2 BYTES tensors)."""
+        if self.vector:
+            if array.dtype.kind in "OUS" and (array.ndim == 1 or array.shape[1:] == (1,)):
+                return self._mixed([(v,) for v in array.ravel().tolist()])
+            got = "strings" if array.dtype.kind in "OUS" else "numbers"
+            raise InvalidInput(
+                "this model takes one text feature: expected strings of shape [N] or [N, 1], "
+                f"got {got} of shape {list(array.shape)}",
+                {"text": self.labels},
+            )
         if not self.numeric_only:
             raise InvalidInput(
                 "this model has categorical features: send instances as JSON rows or objects",
-                {"categorical": [n for n, k in zip(self.labels, self.kinds) if k != NUMERIC]},
+                {"categorical": [n for n, k in zip(self.labels, self.kinds) if k in STRING_KINDS]},
             )
         if array.ndim != 2 or array.shape[1] != self.n_features:
             raise InvalidInput(
@@ -206,18 +224,24 @@ class InputSchema:
             self._check_row(i, row)
         columns: dict[str, Any] = {}
         for j, (label, kind, column) in enumerate(zip(self.labels, self.kinds, zip(*rows))):
-            if kind != CATEGORICAL:
+            if kind not in STRING_KINDS:
                 if not all(type(v) in _NUMBER_TYPES for v in column) or not _all_finite(column):
                     column = tuple(self._number(i, j, value) for i, value in enumerate(column))
                 columns[label] = np.array(column, dtype=np.float64)
             else:
                 if not all(type(v) is str for v in column):
                     i = next(i for i, v in enumerate(column) if type(v) is not str)
-                    self._bad_value(i, j, column[i], "a string (categorical feature)")
+                    self._bad_value(i, j, column[i], f"a string ({kind} feature)")
                 columns[label] = np.array(column, dtype=object)
+        return self.from_columns(list(columns.values()))
+
+    def from_columns(self, columns: list[Any]) -> Any:
+        """The model input from one validated array per feature, in order."""
         if self.frame:
-            return self.to_model_frame(list(columns.values()))
-        return np.column_stack(list(columns.values())).astype(object)
+            return self.to_model_frame(columns)
+        if self.vector:
+            return columns[0]
+        return np.column_stack(columns).astype(object)
 
     def _check_row(self, i: int, row: Any) -> None:
         if type(row) not in (list, tuple):
@@ -291,7 +315,13 @@ def _describe(value: Any) -> str:
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"a string ({shown!r})"
     if type(value) is float:
+        if math.isfinite(value):
+            return f"a number ({value!r})"
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if type(value) is int:
-        return "an integer outside the float64 range"
+        try:
+            float(value)
+        except OverflowError:
+            return "an integer outside the float64 range"
+        return f"a number ({value})" if abs(value) < 10**15 else "a number"
     return _kind(value)

@@ -2,8 +2,9 @@
 
 A request's features, predictions and probabilities become additions to (model, version, minute,
 feature, bin) counts: one vectorised `np.searchsorted` per numeric feature, value counts per
-categorical one. Requests of the same shape are merged first (`batches`, `merge`), so a pass
-bins many requests at once.
+categorical one, the length in characters of a text one (and its tokens out of the fitted
+vocabulary, when the worker's model is given). Requests of the same shape are merged first
+(`batches`, `merge`), so a pass bins many requests at once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.features.schema import NUMERIC, NUMERIC_KINDS, InputSchema
+from serving.features import text
+from serving.features.schema import NUMERIC, NUMERIC_KINDS, TEXT, InputSchema
 from serving.monitoring.counts import Key, bucket_of
 from serving.monitoring.drift import CONFIDENCE, OTHER, PREDICTION, ROWS
 
@@ -21,21 +23,28 @@ MERGE_ROWS = 20_000  # rows binned in one pass at most (bounds one hold of the G
 
 
 class Profile:
-    """How to bin one version's inputs and outputs: its schema and reference bins."""
+    """How to bin one version's inputs and outputs: its schema and reference bins; `model`
+    (the fitted model, optional) gives the vocabularies of text features."""
 
-    def __init__(self, metadata: dict[str, Any]) -> None:
+    def __init__(self, metadata: dict[str, Any], model: Any = None) -> None:
         schema = InputSchema.from_metadata(metadata)
         reference = metadata.get("reference_stats") or {}
         ref_features = reference.get("features") or {}
+        has_text = model is not None and TEXT in schema.kinds
+        vocabularies = text.vocabularies(model, schema.labels, schema.kinds) if has_text else {}
         self.features: list[tuple[int, str, str, Any]] = []
         for j, (label, kind) in enumerate(zip(schema.labels, schema.kinds)):
             ref = ref_features.get(label)
             if not ref:
                 continue
-            if kind in NUMERIC_KINDS and ref.get("kind") == "numeric":
+            if kind in (*NUMERIC_KINDS, TEXT) and ref.get("kind") in ("numeric", TEXT):
                 edges = np.asarray(ref.get("edges") or [], dtype=np.float64)
                 low, high = ref.get("min", -np.inf), ref.get("max", np.inf)
-                self.features.append((j, label, NUMERIC, (edges, low, high)))
+                spec = (edges, low, high)
+                if kind == TEXT:
+                    self.features.append((j, label, TEXT, (spec, vocabularies.get(j))))
+                else:
+                    self.features.append((j, label, NUMERIC, spec))
             elif ref.get("kind") == "categorical":
                 self.features.append((j, label, "categorical", set(ref.get("frequencies", {}))))
         self.classifier = metadata.get("task") == "classifier"
@@ -75,6 +84,8 @@ def add_request(
             column = _column(features, j)
             if kind == NUMERIC:
                 _add_numeric(counts, (*base, label), column, *spec)
+            elif kind == TEXT:
+                _add_text(counts, (*base, label), column, *spec)
             else:
                 _add_categorical(counts, (*base, label), column, spec)
     _add_outputs(counts, profile, base, np.asarray(predictions), probabilities)
@@ -143,7 +154,24 @@ def merge(batch: list[tuple[Any, Any, Any]]) -> tuple[Any, Any, Any]:
 def _column(features: Any, j: int) -> Any:
     if isinstance(features, pd.DataFrame):
         return features.iloc[:, j].to_numpy()
-    return np.asarray(features)[:, j]
+    array = np.asarray(features)
+    return array if array.ndim == 1 else array[:, j]  # 1-D: a bare text model's strings
+
+
+def _add_text(
+    counts: dict[Key, float],
+    prefix: tuple[str, int, int, str],
+    column: Any,
+    spec: tuple[np.ndarray, float, float],
+    vocabulary: text.Vocabulary | None,
+) -> None:
+    """A text feature: its length bins, and its tokens out of the vocabulary (if known)."""
+    values = column.tolist()
+    _add_numeric(counts, prefix, text.lengths(values), *spec)
+    if vocabulary is not None:
+        tokens, oov = text.oov_counts(vocabulary, values)
+        counts[(*prefix, "tokens")] += tokens
+        counts[(*prefix, "oov")] += oov
 
 
 def _add_numeric(

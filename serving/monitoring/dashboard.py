@@ -149,6 +149,7 @@ def drift_summary(
     features = [
         {key: f.get(key) for key in ("name", "kind", "rows", "psi", "p_value", "status")}
         | {"outside_range": f.get("outside_range"), "missing_rate": f.get("missing_rate")}
+        | ({"oov_rate": f.get("oov_rate")} if f["kind"] == "text" else {})
         for f in report["features"]
     ]
     ranked = sorted(

@@ -5,7 +5,8 @@ live counts summed over a window by `serving.monitoring.report` (feature -> bin 
 Bins of a numeric feature are `b0`..`bK` (the reference's interior cut points, so a value beyond the
 reference range falls in the first or last bin), plus `below`/`above` (outside the reference
 min/max), `missing` and `sum` (of the values, for the mean). A categorical feature's bins are
-its categories, unseen ones summed into `__other__`.
+its categories, unseen ones summed into `__other__`. A text feature's bins are those of its
+length in characters, plus `tokens` and `oov` (tokens out of the fitted vocabulary).
 
 PSI = sum((live - ref) * ln(live / ref)) over bins, both shares floored at EPSILON so an empty
 bin does not make it infinite. The p-value is Pearson's chi-square goodness of fit of the live
@@ -114,6 +115,23 @@ def categorical_feature(
     return out
 
 
+def text_feature(
+    name: str, ref: Mapping[str, Any], live: Counts, warn: float, alert: float
+) -> dict[str, Any]:
+    """A text feature: the drift of its length (characters), and the out-of-vocabulary rate of
+    its tokens against the reference's; the status is the worse of the two PSIs."""
+    out = numeric_feature(name, ref, live, warn, alert) | {"kind": "text"}
+    tokens, oov = float(live.get("tokens", 0.0)), float(live.get("oov", 0.0))
+    reference = ref.get("oov_rate")
+    out["oov_rate"] = oov / tokens if tokens else None
+    out["reference_oov_rate"] = reference
+    ok = reference is not None and tokens >= MIN_ROWS
+    out["oov_psi"] = psi([1.0 - reference, reference], [tokens - oov, oov]) if ok else None
+    if out["oov_psi"] is not None:
+        out["status"] = worst([out["status"], status(out["oov_psi"], warn, alert)])
+    return out
+
+
 def output_drift(ref: Mapping[str, Any] | None, live: Counts, warn: float, alert: float) -> Any:
     """PSI of the prediction distribution (classes, or the numeric prediction's bins)."""
     if not ref:
@@ -182,7 +200,7 @@ def drift_report(
         ref = ref_features.get(name)
         if ref is None:
             continue
-        build = categorical_feature if ref.get("kind") == "categorical" else numeric_feature
+        build = _BUILDERS.get(ref.get("kind"), numeric_feature)
         features.append(build(name, ref, counts.get(name, {}), warn, alert))
     output = output_drift(reference.get("prediction"), counts.get(PREDICTION, {}), warn, alert)
     confidence = confidence_shift(
@@ -197,6 +215,9 @@ def drift_report(
         "output": output,
         "confidence": confidence,
     }
+
+
+_BUILDERS = {"categorical": categorical_feature, "text": text_feature}
 
 
 def _common(

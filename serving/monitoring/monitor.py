@@ -49,16 +49,21 @@ PRUNE_INTERVAL = 3600.0
 MAX_KEPT_KEYS = 100_000  # count rows kept per table while the store cannot be written
 WARN_INTERVAL = 30.0  # seconds between two warnings about a store that cannot be written
 OnDrop = Callable[[str, int], None]  # (component, how many lost): the drop metric
+ModelOf = Callable[[str, int], Any]  # (model, version) -> the fitted model held, or None
 _YIELD_AFTER = 0.0002  # seconds of binning between two releases of the GIL
 _BIN_INTERVAL = 0.25  # seconds between two binnings of the queue (memory: inputs held until then)
 
 
 def make_monitor(
-    settings: Settings, on_drop: OnDrop | None = None, store: StoreBase | None = None
+    settings: Settings,
+    on_drop: OnDrop | None = None,
+    store: StoreBase | None = None,
+    model_of: ModelOf | None = None,
 ) -> Monitor | None:
     """This worker's monitor (None when SERVING_MONITOR_FLUSH is 0); the app holds it.
 
-    `store`: the worker's own (its metadata already read, no request to an object store)."""
+    `store`: the worker's own (its metadata already read, no request to an object store).
+    `model_of(name, version)`: the fitted model this worker holds (text vocabularies), or None."""
     if settings.monitor_flush <= 0:
         return None
     return Monitor(
@@ -67,6 +72,7 @@ def make_monitor(
         settings.monitor_flush,
         settings.log_retention_days,
         on_drop=on_drop,
+        model_of=model_of,
     )
 
 
@@ -81,8 +87,10 @@ class Monitor:
         retention_days: float = 7.0,
         clock: Callable[[], float] = time.time,
         on_drop: OnDrop | None = None,
+        model_of: ModelOf | None = None,
     ) -> None:
         self.datastore = datastore
+        self._model_of = model_of
         self._on_drop = on_drop
         self.store = store
         self.flush_interval = flush_interval
@@ -305,7 +313,8 @@ class Monitor:
         key = (model, version)
         if key not in self._profiles:
             try:
-                self._profiles[key] = Profile(self.store.read_metadata(model, version))
+                held = self._model_of(model, version) if self._model_of else None
+                self._profiles[key] = Profile(self.store.read_metadata(model, version), held)
             except StoreUnavailable:
                 return None  # the object store is down: try again with a later request
             except Exception:

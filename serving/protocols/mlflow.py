@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from serving.errors import InvalidInput, MalformedRequest
-from serving.features.schema import BOOLEAN, CATEGORICAL, InputSchema
+from serving.features.schema import BOOLEAN, CATEGORICAL, TEXT, InputSchema
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _REQUIRED = f"the input must be a JSON object with exactly one of the fields {', '.join(FORMATS)}"
@@ -126,9 +126,11 @@ def column_order(columns: Sequence[Any], schema: InputSchema) -> list[int]:
 def read_csv(body: bytes, schema: InputSchema) -> pd.DataFrame:
     """A CSV body with a header row, columns in the model's order (by name, or by position)."""
     # Categorical columns stay text even when their values look like numbers ("1", "2").
-    text = [n for n, k in zip(schema.names or (), schema.kinds) if k == CATEGORICAL]
+    text = [n for n, k in zip(schema.names or (), schema.kinds) if k in (CATEGORICAL, TEXT)]
     try:
-        frame = pd.read_csv(io.BytesIO(body), dtype=dict.fromkeys(text, str), encoding="utf-8")
+        frame = pd.read_csv(
+            io.BytesIO(body), dtype=dict.fromkeys(text, str), encoding="utf-8", **_na_rules(schema)
+        )
     except ValueError as exc:  # parser errors, an empty body, bytes that are not UTF-8
         raise MalformedRequest(f"cannot read the body as CSV with a header row: {exc}") from None
     if not frame.index.equals(pd.RangeIndex(len(frame))):
@@ -143,6 +145,20 @@ def read_csv(body: bytes, schema: InputSchema) -> pd.DataFrame:
             {"expected": schema.n_features, "got": frame.shape[1]},
         )
     return frame
+
+
+def _na_rules(schema: InputSchema) -> dict[str, Any]:
+    """A text column's "NA", "None" or empty field is text ("" for an empty one), not missing."""
+    words = [n for n, k in zip(schema.names or (), schema.kinds) if k == TEXT]
+    if not words:
+        return {}
+    others = [n for n in schema.names or () if n not in words]
+    return {"keep_default_na": False, "na_values": dict.fromkeys(others, _NA_WORDS)}
+
+
+# pandas' default missing-value words, for the columns that are not text.
+_NA_WORDS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND"]
+_NA_WORDS += ["1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
 def csv_matrix(frame: pd.DataFrame, schema: InputSchema) -> np.ndarray:

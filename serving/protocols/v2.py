@@ -61,6 +61,9 @@ _ANSWER_DATATYPES = {"int64": "INT64", "float64": "FP64", "bool": "BOOL", "objec
 
 
 def input_spec(loaded: LoadedModel) -> TensorSpec:
+    """One tensor of N rows: FP64, or BYTES (strings) for a model with one text feature."""
+    if loaded.schema.vector:
+        return TensorSpec(INPUT_NAME, "BYTES", (-1, 1))
     return TensorSpec(INPUT_NAME, "FP64", (-1, loaded.schema.n_features))
 
 

@@ -3,11 +3,14 @@
 An infer request is JSON, or a JSON header (`Inference-Header-Content-Length` bytes) followed by
 raw tensors: little-endian, row-major, in the order of the inputs. Numbers are decoded by numpy
 in one go (`np.frombuffer` for binary tensors, never per value); the model's schema checks them.
+A BYTES tensor (text) holds strings: JSON strings, or in binary each element's 4-byte
+little-endian length and its UTF-8 bytes; it decodes to an object array of str.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,7 @@ from serving.errors import InvalidInput, MalformedRequest
 from serving.protocols.strict_json import check_no_duplicate_keys, loads_lenient
 
 PREDICT, PROBA, SCORES = "predict", "predict_proba", "scores"  # the outputs a request can ask for
+BYTES = "BYTES"  # strings: the input of a text model
 # Input datatypes a numeric model takes, as little-endian numpy dtypes (binary data is LE).
 INPUT_DTYPES = {
     "INT8": "<i1",
@@ -178,15 +182,17 @@ class _Tensor:
     """One input tensor's declared shape and datatype, and the decoding of its data."""
 
     def __init__(self, what: str, shape: list[int], datatype: str) -> None:
-        if datatype not in INPUT_DTYPES:
+        if datatype not in INPUT_DTYPES and datatype != BYTES:
             raise InvalidInput(
                 f"{what}: datatype {datatype!r} is not supported: use one of "
-                + ", ".join(INPUT_DTYPES)
+                + ", ".join([*INPUT_DTYPES, BYTES])
             )
         self.what, self.shape, self.datatype = what, shape, datatype
-        self.dtype = np.dtype(INPUT_DTYPES[datatype])
+        self.dtype = np.dtype(INPUT_DTYPES.get(datatype, "O"))
 
     def from_binary(self, size: Any, binary: memoryview) -> np.ndarray:
+        if self.datatype == BYTES:
+            return self._strings_from_binary(size, binary)
         count = math.prod(self.shape)
         expected = count * self.dtype.itemsize
         if type(size) is not int or size != expected:
@@ -202,6 +208,8 @@ class _Tensor:
         return np.frombuffer(binary, dtype=self.dtype, count=count).reshape(self.shape)
 
     def from_json(self, data: Any, may_have_bools: bool) -> np.ndarray:
+        if self.datatype == BYTES:
+            return self._strings_from_json(data)
         try:
             array = np.array(data)
         except (ValueError, TypeError, OverflowError):  # ragged nesting, huge integers
@@ -225,6 +233,42 @@ class _Tensor:
         if lost.any():
             raise InvalidInput(f"{self.what}: data holds values out of range for {self.datatype}")
         return typed
+
+    def _strings_from_json(self, data: Any) -> np.ndarray:
+        values = data if type(data) is list else [data]
+        while values and all(type(v) is list for v in values):  # nested rows: flatten
+            values = [item for row in values for item in row]
+        if not all(type(v) is str for v in values):
+            raise InvalidInput(f"{self.what}: BYTES data must hold only strings")
+        return self._shaped(values)
+
+    def _strings_from_binary(self, size: Any, binary: memoryview) -> np.ndarray:
+        if type(size) is not int or size != len(binary):
+            raise InvalidInput(
+                f"{self.what}: binary_data_size is {size!r} but {len(binary)} bytes "
+                "follow the JSON header"
+            )
+        values, at, raw = [], 0, bytes(binary)
+        try:
+            while at < len(raw):
+                (length,) = struct.unpack_from("<I", raw, at)
+                values.append(raw[at + 4 : at + 4 + length].decode("utf-8"))
+                at += 4 + length
+        except (struct.error, UnicodeDecodeError):
+            raise InvalidInput(
+                f"{self.what}: BYTES data must be 4-byte lengths, each followed by that many "
+                "bytes of UTF-8"
+            ) from None
+        if at != len(raw):
+            raise InvalidInput(f"{self.what}: the last BYTES element is cut short")
+        return self._shaped(values)
+
+    def _shaped(self, values: list[str]) -> np.ndarray:
+        if len(values) != math.prod(self.shape):
+            raise InvalidInput(f"{self.what}: {len(values)} strings do not fit shape {self.shape}")
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return array.reshape(self.shape)
 
 
 def _numbers_and_nulls(array: np.ndarray) -> bool:

@@ -98,14 +98,15 @@ class PredictionCache:
 
 def make_key(name: str, version: int, features: Any, return_proba: bool) -> Hashable | None:
     """The cache key of one validated input, or None when it must not be cached."""
-    if isinstance(features, np.ndarray):
+    if isinstance(features, np.ndarray) and features.dtype.kind != "O":
         if features.ndim != 2 or features.shape[0] > MAX_ROWS:
             return None
         if features.nbytes > MAX_INPUT_BYTES:
             return None
         data = features.tobytes()
         return (name, version, return_proba, features.dtype.str, features.shape, data)
-    values = getattr(features, "values", None)  # a DataFrame (categorical features)
+    # A DataFrame (categorical features), or an object array (strings: never by their pointers)
+    values = features if isinstance(features, np.ndarray) else getattr(features, "values", None)
     if values is None or len(values) > MAX_ROWS:
         return None
     try:
@@ -114,7 +115,8 @@ def make_key(name: str, version: int, features: Any, return_proba: bool) -> Hash
         return None
     if len(data) > MAX_INPUT_BYTES:
         return None
-    return (name, version, return_proba, "frame", tuple(features.columns), data)
+    columns = tuple(getattr(features, "columns", ()))
+    return (name, version, return_proba, "frame", columns, data)
 
 
 def _freeze(values: Any) -> None:

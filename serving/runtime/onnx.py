@@ -16,7 +16,8 @@ from serving.runtime.errors import ModelLoadError
 class OnnxModel:
     """An ONNX Runtime session that answers like a fitted scikit-learn estimator.
 
-    Takes the float64 array or numeric DataFrame the schema produces (cast to float32), runs on
+    Takes the float64 array or numeric DataFrame the schema produces (cast to float32), or a
+    text model's strings (as an [N, 1] string tensor), runs on
     one thread, and returns numpy arrays: labels as the original classes, float64 probabilities;
     for other models (clusterers, outlier detectors) int64 labels when `output_dtype` says the
     original answered integers, else float64 values.
@@ -40,6 +41,7 @@ class OnnxModel:
             model_bytes, options, providers=["CPUExecutionProvider"]
         )
         self._input = self._session.get_inputs()[0].name
+        self._strings = self._session.get_inputs()[0].type == "tensor(string)"  # a text model
         self._outputs = [o.name for o in self._session.get_outputs()]
         self.n_features_in_ = self._session.get_inputs()[0].shape[1]
         self.task = task
@@ -49,6 +51,10 @@ class OnnxModel:
             self._probabilities = len(self._outputs) > 1
 
     def _run(self, X: Any, outputs: list[str]) -> list[Any]:
+        if self._strings:  # a text model's strings, as the [N, 1] string tensor it takes
+            return self._session.run(
+                outputs, {self._input: np.asarray(X, dtype=object).reshape(-1, 1)}
+            )
         x = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
         if x.ndim == 1:
             x = x.reshape(1, -1)

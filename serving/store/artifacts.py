@@ -18,8 +18,9 @@ import sklearn
 from sklearn.base import is_classifier, is_outlier_detector, is_regressor
 
 from serving.errors import StoreError
+from serving.features import text
 from serving.features.names import training_names
-from serving.features.schema import BOOLEAN, CATEGORICAL, NUMERIC, InputSchema
+from serving.features.schema import BOOLEAN, CATEGORICAL, NUMERIC, TEXT, InputSchema
 
 ARTIFACT_NAME = "model.joblib"
 ACCEPTED_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -50,20 +51,25 @@ def describe_model(
     reference: pd.DataFrame | None,
     categorical: set[str] | None = None,
     nullable: dict[str, bool] | None = None,
+    texts: set[str] | None = None,
 ) -> dict[str, Any]:
     """The metadata fields that come from the fitted model and its reference data.
 
-    `nullable` overrides the probe of which numeric features the model answers NaN for.
+    `nullable` overrides the probe of which numeric features the model answers NaN for;
+    `texts` names text features (for a model without feature names: its one text feature).
     """
     model_names = _feature_names(model)
-    names = _user_names(model_names, reference)
-    n_features = _n_features(model, names, reference)
+    bare = model_names is None and (bool(texts) or text.bare_vectorizer(model) is not None)
+    names = [_text_name(reference, texts)] if bare else _user_names(model_names, reference)
+    n_features = 1 if bare else _n_features(model, names, reference)
     kinds = _feature_kinds(model, names, n_features, reference, categorical or set())
-    schema = InputSchema(n_features, names, kinds, names is not None, model_names=model_names)
+    kinds = _marked_text(kinds, names, texts or set(), bare)
+    frame = names is not None and not bare  # a bare text model takes a 1-D array of strings
+    schema = InputSchema(n_features, names, kinds, frame, model_names=model_names)
     sample = _sample_rows(schema, reference, model)
     answer = _smoke_test(model, schema, sample)
     flags = _nullable_flags(model, schema, sample, nullable or {})
-    schema = InputSchema(n_features, names, kinds, names is not None, flags, model_names)
+    schema = InputSchema(n_features, names, kinds, frame, flags, model_names)
     task = "classifier" if is_classifier(model) else "regressor" if is_regressor(model) else "other"
     meta: dict[str, Any] = {
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -74,7 +80,7 @@ def describe_model(
         "feature_names": names,
         "model_feature_names": model_names if model_names != names else None,
         "features": schema.describe(),
-        "frame_input": names is not None,
+        "frame_input": frame,
         "sample_input": sample,
         "python_version": platform.python_version(),
         "sklearn_version": sklearn.__version__,
@@ -101,6 +107,28 @@ def _user_names(model_names: list[str] | None, reference: pd.DataFrame | None) -
     if model_names is None or reference is None:
         return model_names
     return training_names(model_names, list(reference.columns)) or model_names
+
+
+def _text_name(reference: pd.DataFrame | None, texts: set[str] | None) -> str:
+    """A bare text model's one feature: --text, else the reference data's only column."""
+    if texts:
+        if len(texts) > 1:
+            raise StoreError(f"--text: this model takes one text feature, not {len(texts)}")
+        return next(iter(texts))
+    if reference is not None and reference.shape[1] == 1:
+        return str(reference.columns[0])
+    return text.DEFAULT_NAME
+
+
+def _marked_text(
+    kinds: list[str], names: list[str] | None, texts: set[str], bare: bool
+) -> list[str]:
+    unknown = texts - set(names or ())
+    if unknown:
+        raise StoreError(f"--text names unknown features: {', '.join(sorted(unknown))}")
+    return [
+        TEXT if bare or name in texts else kind for kind, name in zip(kinds, names or [])
+    ] or kinds
 
 
 def _n_features(model: Any, names: list[str] | None, reference: pd.DataFrame | None) -> int:
@@ -135,6 +163,8 @@ def _feature_kinds(
                 kinds[j] = BOOLEAN if kinds[j] == NUMERIC else kinds[j]
             elif not pd.api.types.is_numeric_dtype(column):
                 kinds[j] = CATEGORICAL
+    for j in _text_columns(model, labels):
+        kinds[j] = TEXT
     unknown = categorical - set(labels)
     if unknown:
         raise StoreError(f"--categorical names unknown features: {', '.join(sorted(unknown))}")
@@ -142,6 +172,14 @@ def _feature_kinds(
         if label in categorical:
             kinds[j] = CATEGORICAL
     return kinds
+
+
+def _text_columns(model: Any, labels: list[str]) -> list[int]:
+    """The features a fitted vectorizer reads: the one of a bare text model, or ColumnTransformer
+    columns sent to one."""
+    if len(labels) == 1 and text.bare_vectorizer(model) is not None:
+        return [0]
+    return list(text.column_vectorizers(model, labels))
 
 
 def _encoded_string_columns(model: Any, labels: list[str]) -> set[int]:
@@ -206,9 +244,13 @@ def _sample_rows(
         if len(frame):
             return [[_plain(v) for v in row] for row in frame.itertuples(index=False)]
     categories = _first_categories(model, schema.labels)
+    for j in _text_columns(model, schema.labels):
+        vectorizer = text.bare_vectorizer(model) if schema.vector else None
+        vectorizer = vectorizer or text.column_vectorizers(model, schema.labels).get(j)
+        categories[j] = text.sample_text(vectorizer)
     return [
         [
-            categories.get(j, "") if kind == CATEGORICAL else 0.0
+            categories.get(j, "") if kind in (CATEGORICAL, TEXT) else 0.0
             for j, kind in enumerate(schema.kinds)
         ]
     ]
@@ -303,9 +345,9 @@ def _nullable_flags(
     unknown = set(overrides) - set(schema.labels)
     if unknown:
         raise StoreError(f"--nullable names unknown features: {', '.join(sorted(unknown))}")
-    text = [n for n, k in zip(schema.labels, schema.kinds) if k != NUMERIC and overrides.get(n)]
-    if text:
-        raise StoreError(f"--nullable names categorical features: {', '.join(text)}")
+    strings = [n for n, k in zip(schema.labels, schema.kinds) if k != NUMERIC and overrides.get(n)]
+    if strings:
+        raise StoreError(f"--nullable names categorical features: {', '.join(strings)}")
     every = [True] * schema.n_features
     probe = InputSchema(
         schema.n_features, schema.names, schema.kinds, schema.frame, every, schema.model_names

@@ -191,6 +191,7 @@ class StoreBase:
         policy: ArtifactPolicy | None = None,  # None: SERVING_ALLOW_PICKLE decides, no skops
         created_by: bool | None = None,  # None: as `record_created_by` says
         nullable: dict[str, bool] | None = None,  # feature -> takes missing values (else probed)
+        text: set[str] | None = None,  # text features beyond those a vectorizer reads
     ) -> int:
         """Copy `artifact` in as the next version (with metadata) and return its number."""
         from serving.store import candidate  # scikit-learn and pandas: only for writers
@@ -198,7 +199,7 @@ class StoreBase:
         validate_name(name)
         artifact = Path(artifact)
         reference = _read_reference(reference_data) if reference_data else None
-        prepared = candidate.prepare(artifact, reference, categorical, policy, nullable)
+        prepared = candidate.prepare(artifact, reference, categorical, policy, nullable, text)
         with prepared as ready:
             metadata = {
                 "source": artifact.name,

@@ -43,21 +43,23 @@ def prepare(
     categorical: set[str] | None,
     policy: ArtifactPolicy | None = None,
     nullable: dict[str, bool] | None = None,
+    text: set[str] | None = None,
 ) -> Iterator[Prepared]:
     """The publishable form of `artifact` (a converted file lives until the block ends).
 
-    `nullable` overrides, per feature, the probe of whether the model takes missing values."""
+    `nullable` overrides, per feature, the probe of whether the model takes missing values;
+    `text` names text features (a model without feature names: its one text feature)."""
     policy = policy or ArtifactPolicy()
     artifact = Path(artifact)
     if artifact.suffix.lower() == skops_format.SKOPS_SUFFIX:
         model, needed = skops_format.load_accepted(artifact, policy.trusted_types)
-        described = artifacts.describe_model(model, reference, categorical, nullable)
+        described = artifacts.describe_model(model, reference, categorical, nullable, text)
         yield Prepared(artifact, skops_format.SKOPS_ARTIFACT, _skops_fields(described, needed))
         return
     if artifact.suffix.lower() in PICKLE_SUFFIXES and not pickle_allowed(policy.allow_pickle):
         raise StoreError(refusal(artifact.name))
     model = artifacts.read_artifact(artifact)
-    described = artifacts.describe_model(model, reference, categorical, nullable)
+    described = artifacts.describe_model(model, reference, categorical, nullable, text)
     if not policy.to_skops:
         yield Prepared(artifact, artifacts.ARTIFACT_NAME, described)
         return

@@ -2,7 +2,9 @@
 
 Numeric features: quantile cut points (`edges`, interior, so values below/above the reference
 fall in the first/last bin) with the reference proportion of each bin, plus mean, std, min,
-max and missing rate. Categorical features: category frequencies. Outputs: the prediction
+max and missing rate. Categorical features: category frequencies. Text features: the same bins
+of their length in characters, and `oov_rate`, the share of their tokens out of the fitted
+vectorizer's vocabulary (null without one: HashingVectorizer). Outputs: the prediction
 distribution and, for classifiers, the confidence (max probability) histogram.
 """
 
@@ -14,7 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.features.schema import NUMERIC_KINDS, InputSchema
+from serving.features import text
+from serving.features.schema import NUMERIC_KINDS, TEXT, InputSchema
 
 MAX_ROWS = 100_000  # rows summarised (a uniform sample beyond that)
 MAX_PREDICT_ROWS = 10_000  # rows run through the model for the output distributions
@@ -29,8 +32,9 @@ def reference_statistics(
     frame = pd.concat(columns, axis=1)
     if len(frame) > MAX_ROWS:
         frame = frame.sample(MAX_ROWS, random_state=0)
+    vocabularies = text.vocabularies(model, schema.labels, schema.kinds)
     features = {
-        label: (_numeric if kind in NUMERIC_KINDS else _categorical)(frame.iloc[:, j])
+        label: _feature(frame.iloc[:, j], kind, vocabularies.get(j))
         for j, (label, kind) in enumerate(zip(schema.labels, schema.kinds))
     }
     stats: dict[str, Any] = {"rows": len(frame), "features": features}
@@ -42,6 +46,17 @@ def numeric_histogram(values: np.ndarray, edges: list[float]) -> list[int]:
     """Counts per bin for interior cut points `edges` (len(edges) + 1 bins)."""
     index = np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right")
     return np.bincount(index, minlength=len(edges) + 1).tolist()
+
+
+def _feature(column: pd.Series, kind: str, vocabulary: text.Vocabulary | None) -> dict[str, Any]:
+    if kind in NUMERIC_KINDS:
+        return _numeric(column)
+    if kind != TEXT:
+        return _categorical(column)
+    values = column.tolist()
+    out = _numeric(pd.Series(text.lengths(values))) | {"kind": TEXT}
+    tokens, oov = text.oov_counts(vocabulary, values) if vocabulary else (0, 0)
+    return out | {"oov_rate": _rate(oov, tokens) if vocabulary else None}
 
 
 def _numeric(column: pd.Series) -> dict[str, Any]:

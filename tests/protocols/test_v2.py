@@ -335,7 +335,8 @@ def _binary_case(shape: list[int], size: int, raw: bytes) -> dict:
 ERROR_CASES = [
     # (request: JSON body, or {"header", "raw"} for a binary one; status; text in the error)
     (_request([[1.0, 2.0, 3.0]]), 400, "expected shape [N, 4]"),
-    (_request([[1.0, 2.0, 3.0, 4.0]], datatype="BYTES"), 400, "datatype 'BYTES' is not supported"),
+    (_request([[1.0, 2.0, 3.0, 4.0]], datatype="BYTES"), 400, "BYTES data must hold only strings"),
+    (_request([["a", "b", "c", "d"]], datatype="BYTES"), 400, "expected numbers, got dtype object"),
     (_request(datatype="FLOAT"), 400, "not supported"),
     ({"inputs": [{**_input(ROWS), "shape": [3, 4]}]}, 400, "does not fit shape [3, 4]"),
     ({"inputs": [{**_input(ROWS), "data": [[1, 2, 3, 4], [1, 2]]}]}, 400, "rectangular"),
@@ -359,6 +360,7 @@ ERROR_CASES = [
 ERROR_IDS = [
     "too-few-features",
     "bytes-datatype",
+    "bytes-for-numbers",
     "unknown-datatype",
     "data-does-not-fit-shape",
     "ragged-data",
