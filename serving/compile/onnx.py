@@ -98,6 +98,16 @@ def optimize(
 ) -> tuple[int, dict[str, Any]]:
     """Compile `name` v`version` to ONNX (int8 weights with `quantize`) and register it as a new
     version; (version, parity). An FP32 ONNX version can be quantized too."""
+    onnx_bytes, report, quantization, metadata = compile_version(store, name, version, quantize)
+    prepared = _new_metadata(metadata, version, report, quantization)
+    return _register(store, name, onnx_bytes, prepared, actor), report
+
+
+def compile_version(
+    store: Any, name: str, version: int, quantize: QuantGate | None = None
+) -> tuple[bytes, dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+    """The ONNX bytes of `name` v`version` once they passed the parity gate, without registering
+    them: (bytes, parity report, quantization or None, the source's metadata)."""
     metadata = store.read_metadata(name, version)
     _check_source(name, version, metadata, quantize)
     original = _load_original(store, name, version, metadata)
@@ -112,8 +122,7 @@ def optimize(
     report = parity_report(original, compiled, parity_rows(metadata), metadata, quantize)
     if not report["ok"]:
         raise ParityError(report, _missing_values_hint(name, report, metadata))
-    prepared = _new_metadata(metadata, version, report, quantization)
-    return _register(store, name, onnx_bytes, prepared, actor), report
+    return onnx_bytes, report, quantization, metadata
 
 
 def _check_source(
