@@ -71,8 +71,9 @@ class Bundle:
         if type(rows) not in (list, tuple):
             raise InvalidRow("instances: must be a list of instances (rows or objects)")
         out = np.empty((len(rows), len(self.features)), dtype=np.float64)
+        objects = bool(rows) and type(rows[0]) is dict  # as the server: instance 0 decides
         for i, row in enumerate(rows):
-            out[i] = self.row(i, row)
+            out[i] = self.row(i, row, objects)
         return out.astype(np.float32)
 
     def run(self, x: np.ndarray, proba: bool) -> tuple[list[Any], list[list[float]] | None]:
@@ -93,9 +94,16 @@ class Bundle:
         probabilities = np.asarray(found[1], dtype=np.float64).tolist() if proba else None
         return values.tolist(), probabilities
 
-    def row(self, i: int, row: Any) -> list[float]:
-        """One instance (a list of values or an object keyed by name) as numbers."""
-        if type(row) is dict and self.named:
+    def row(self, i: int, row: Any, objects: bool | None = None) -> list[float]:
+        """One instance (a list of values or an object keyed by name) as numbers. `objects`:
+        whether the batch is of objects (its instance 0 is one); None: this row decides."""
+        if objects is None:
+            objects = type(row) is dict
+        if objects and self.named:
+            if type(row) is not dict:
+                raise InvalidRow(
+                    f"instance {i}: expected an object like instance 0, got {_kind(row)}"
+                )
             row = self._from_object(i, row)
         if type(row) not in (list, tuple):
             keyed = " or an object keyed by feature name" if self.named else ""
