@@ -190,6 +190,12 @@ bench-boosting: dev
 bench-features: venv wrk
 	$(PY) -m bench.feature_cost
 
+# Edge bundles: size, cold start, per-row latency in Python and in Chromium (bench/edge_bench.py,
+# about a minute).
+.PHONY: bench-edge
+bench-edge: venv edge-web browser
+	$(PY) -m bench.edge_bench
+
 # Batch scoring throughput and peak RSS next to the in-process floor (1,000,000 rows x 20).
 bench-batch: venv
 	$(PY) bench/batch_bench.py
