@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export SERVING_MODEL_STORE ?= model_store
 
-.PHONY: run test lint check demo venv dev clean browser docs nginx postgres kubectl bench-features
+.PHONY: run test lint check demo venv dev clean browser docs nginx postgres kubectl bench-features \
+	edge-web
 
 # The runtime virtualenv: re-made whenever requirements.txt changes.
 $(VENV)/.runtime: requirements.txt
@@ -30,7 +31,7 @@ run: demo
 # On both cores (pytest-xdist); the layer contracts and the docs build are tests too. Then the
 # image test alone (it takes both cores for minutes: beside the timing-bound tests it would
 # slow them); where podman cannot run, it skips and says why.
-test: dev browser nginx postgres kubectl podman
+test: dev browser nginx postgres kubectl podman edge-web
 	$(PY) -m pytest -n 2
 	SERVING_TEST_IMAGE=1 $(PY) -m pytest tests/deploy/test_image.py
 
@@ -40,6 +41,35 @@ browser:
 	@command -v chromium >/dev/null || (apt-get install -y chromium || (apt-get update && \
 		apt-get install -y chromium)) || echo "make browser: could not install chromium;" \
 		"the dashboard browser test will skip"
+
+# onnxruntime-web for the page of edge bundles (`serving export --edge`, docs/edge.md): npm's
+# package, pinned by version and checked against its registry integrity (sha512), unpacked into
+# .edge-web/onnxruntime-web (git-ignored; export copies three of its files into each bundle).
+# Never fails: where it cannot be fetched, export needs --no-web and the page test skips and
+# says why. Debian's npm is installed where npm is missing.
+ORT_WEB_VERSION := 1.30.0
+ORT_WEB_SHA512 := q0y+JrrtukXSzsBWEMccVfqX25LRmosXHF+CaRJmg8pZClzcV7svNc4rKY3jL02Vb7QmRMDs1SigqR4CXAfKYQ==
+EDGE_WEB := .edge-web/onnxruntime-web
+edge-web:
+	@test -f $(EDGE_WEB)/package.json && grep -q '"version": "$(ORT_WEB_VERSION)"' \
+		$(EDGE_WEB)/package.json || $(MAKE) --no-print-directory edge-web-fetch || echo \
+		"make edge-web: could not fetch onnxruntime-web $(ORT_WEB_VERSION); the edge page test" \
+		"will skip"
+
+.PHONY: edge-web-fetch
+edge-web-fetch:
+	command -v npm >/dev/null || apt-get install -y npm || (apt-get update && apt-get install -y npm)
+	rm -rf .edge-web/tmp && mkdir -p .edge-web/tmp
+	cd .edge-web/tmp && npm pack --silent onnxruntime-web@$(ORT_WEB_VERSION) >/dev/null
+	test "$$(openssl dgst -sha512 -binary .edge-web/tmp/onnxruntime-web-$(ORT_WEB_VERSION).tgz \
+		| base64 -w0)" = "$(ORT_WEB_SHA512)"
+	tar -xzf .edge-web/tmp/onnxruntime-web-$(ORT_WEB_VERSION).tgz -C .edge-web/tmp
+	rm -rf $(EDGE_WEB) && mkdir -p $(EDGE_WEB)
+	cp .edge-web/tmp/package/dist/ort.wasm.min.js .edge-web/tmp/package/dist/ort-wasm-simd-threaded.mjs \
+		.edge-web/tmp/package/dist/ort-wasm-simd-threaded.wasm \
+		$(EDGE_WEB)/
+	cp .edge-web/tmp/package/package.json $(EDGE_WEB)/package.json
+	rm -rf .edge-web/tmp
 
 # nginx for the fleet test (tests/e2e/test_fleet_nginx.py), Debian's package; never fails:
 # where it cannot be installed, that test skips and says why.
@@ -160,6 +190,12 @@ bench-boosting: dev
 # What each telemetry feature costs per request, part by part (bench/feature_cost.py, ~3 min).
 bench-features: venv wrk
 	$(PY) -m bench.feature_cost
+
+# Edge bundles: size, cold start, per-row latency in Python and in Chromium (bench/edge_bench.py,
+# about a minute).
+.PHONY: bench-edge
+bench-edge: venv edge-web browser
+	$(PY) -m bench.edge_bench
 
 # Batch scoring throughput and peak RSS next to the in-process floor (1,000,000 rows x 20).
 bench-batch: venv

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import sys
 
-from serving.cli import batch, demo, models, monitor, optimize, rollouts, stores
+from serving.cli import batch, demo, export, models, monitor, optimize, rollouts, stores
 from serving.errors import ConfigError, ServingError
 from serving.settings import Settings
 from serving.store.open import store_from_settings
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_parser(verbs)
     rollouts.add_parser(verbs)
     optimize.add_parser(verbs)
+    export.add_parser(verbs)
     monitor.add_parser(verbs)  # monitor and traffic
     stores.add_parser(verbs)
     return parser

@@ -110,6 +110,16 @@ def optimize(
 ) -> tuple[int, dict[str, Any]]:
     """Compile `name` v`version` to ONNX (int8 weights with `quantize`) and register it as a new
     version; (version, parity). An FP32 ONNX version can be quantized too."""
+    onnx_bytes, report, quantization, metadata = compile_version(store, name, version, quantize)
+    prepared = _new_metadata(metadata, version, report, quantization)
+    return _register(store, name, onnx_bytes, prepared, actor), report
+
+
+def compile_version(
+    store: Any, name: str, version: int, quantize: QuantGate | None = None
+) -> tuple[bytes, dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+    """The ONNX bytes of `name` v`version` once they passed the parity gate, without registering
+    them: (bytes, parity report, quantization or None, the source's metadata)."""
     metadata = store.read_metadata(name, version)
     _check_source(name, version, metadata, quantize)
     original = _load_original(store, name, version, metadata)
@@ -130,8 +140,7 @@ def optimize(
     if not report["ok"]:
         hint = text_onnx.HINT if text_onnx.is_text_model(metadata) else ""
         raise ParityError(report, _missing_values_hint(name, report, metadata) or hint)
-    prepared = _new_metadata(metadata, version, report, quantization)
-    return _register(store, name, onnx_bytes, prepared, actor), report
+    return onnx_bytes, report, quantization, metadata
 
 
 def _check_source(

@@ -1,0 +1,1 @@
+"""Edge bundles (`serving export NAME VERSION --edge DIR`): scoring without a server."""
