@@ -22,14 +22,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from flask import Flask
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from serving.cli.main import main
+from serving.store.artifacts import describe_model
 from serving.store.model_store import ModelStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +110,30 @@ def test_register_probes_which_features_the_model_takes_missing(
 def test_register_flags_override_the_probe(store: ModelStore, hgb_artifact: Path) -> None:
     register(store, "hgb", hgb_artifact, "--not-nullable", "b,c")
     assert features(store, "hgb") == {"a": True, "b": False, "c": False}
+
+
+class _ThreadRecorder(RegressorMixin, BaseEstimator):
+    """Answers 0 to anything, NaN included, noting the most threads a pool may use then."""
+
+    n_features_in_ = 3
+
+    def __init__(self) -> None:
+        self.probes: list[int] = []
+
+    def predict(self, x: Any) -> np.ndarray:
+        if np.isnan(np.asarray(x, dtype=float)).any():
+            self.probes.append(max(pool["num_threads"] for pool in threadpool_info()))
+        return np.zeros(len(x))
+
+
+def test_register_probes_missing_values_with_one_thread_per_pool() -> None:
+    """One tiny predict per feature: an OpenMP pool would make each wait for busy cores."""
+    model = _ThreadRecorder()
+    with threadpool_limits(limits=2):  # as on a machine with 2 cores, whatever this one has
+        described = describe_model(model, None)
+        assert max(pool["num_threads"] for pool in threadpool_info()) == 2  # and back after
+    assert [f["nullable"] for f in described["features"]] == [True, True, True]
+    assert model.probes == [1, 1, 1]
 
 
 def test_register_refuses_a_flag_naming_an_unknown_feature(
