@@ -100,7 +100,8 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @bp.post("/models/<name>/infer")
 @bp.post("/models/<name>/versions/<version>/infer")
 @doc(
-    "V2 inference: one [N, n_features] tensor in, predict / predict_proba out",
+    "V2 inference: one [N, n_features] tensor in (one per feature for a model with categorical "
+    "or text features), predict / predict_proba / scores out",
     "v2",
     {200: _INFER_RESPONSE, **_FAILURES, 413: _ERROR, 415: _ERROR, 504: _ERROR},
     body=v2codec.InferRequestSchema,
@@ -113,7 +114,8 @@ def infer(name: str, version: str | None = None) -> Response:
     infer_request = v2codec.parse_infer_request(_infer_body(), request.headers.get(HEADER_LENGTH))
     specs = v2codec.output_specs(outcome.served)
     v2codec.check_outputs(infer_request, specs)
-    rows = dataplane.Rows(array=infer_request.array)
+    array, instances = v2codec.model_rows(infer_request, outcome.served.schema)
+    rows = dataplane.Rows(instances=instances, array=array)
     proba, max_instances = infer_request.wants(v2codec.PROBA), state.settings.max_instances
     scores, timeout = infer_request.wants(v2codec.SCORES), state.settings.request_timeout
     result = dataplane.infer(outcome, rows, proba, max_instances, timeout, scores)

@@ -1,8 +1,9 @@
 """Open Inference Protocol (KServe "V2") payloads, with Triton's binary tensor extension. No Flask.
 
-Requests are decoded by `serving.protocols.v2_request` (re-exported here: `serving.api.v2` reaches
-the whole codec through this module). Responses put an output's data in JSON, or after the JSON
-header when it asks for binary data.
+Requests are decoded by `serving.protocols.v2_request`, and matched with the model's inputs (one
+tensor, or one per feature) by `serving.protocols.v2_features`; both are re-exported here:
+`serving.api.v2` reaches the whole codec through this module. Responses put an output's data
+in JSON, or after the JSON header when it asks for binary data.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 import orjson
 
 from serving.errors import InvalidInput
+from serving.protocols.v2_features import input_tensors
+from serving.protocols.v2_features import model_rows as model_rows
 from serving.protocols.v2_request import INPUT_DTYPES, PREDICT, PROBA, SCORES, InferRequest
 
 # Re-exported: serving.api.v2 reaches the whole codec, requests included, through this module.
@@ -28,7 +31,6 @@ from serving.runtime.predict import PredictionResult
 SERVER_NAME = "serving"
 EXTENSIONS = ("binary_tensor_data",)
 PLATFORM = "sklearn"
-INPUT_NAME = "input-0"
 _DUMP = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -58,13 +60,6 @@ def datatype_of(dtype: np.dtype) -> str:
 
 
 _ANSWER_DATATYPES = {"int64": "INT64", "float64": "FP64", "bool": "BOOL", "object": "BYTES"}
-
-
-def input_spec(loaded: LoadedModel) -> TensorSpec:
-    """One tensor of N rows: FP64, or BYTES (strings) for a model with one text feature."""
-    if loaded.schema.vector:
-        return TensorSpec(INPUT_NAME, "BYTES", (-1, 1))
-    return TensorSpec(INPUT_NAME, "FP64", (-1, loaded.schema.n_features))
 
 
 def output_specs(loaded: LoadedModel) -> dict[str, TensorSpec]:
@@ -97,9 +92,7 @@ def model_metadata(loaded: LoadedModel, versions: list[int]) -> dict[str, Any]:
         "name": loaded.name,
         "versions": [str(v) for v in versions],
         "platform": PLATFORM,
-        "inputs": [
-            {**input_spec(loaded).to_dict(), "parameters": {"features": loaded.schema.describe()}}
-        ],
+        "inputs": input_tensors(loaded.schema),
         "outputs": [spec.to_dict() for spec in output_specs(loaded).values()],
     }
 

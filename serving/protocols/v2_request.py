@@ -58,9 +58,16 @@ class RequestedOutput:
 
 
 @dataclass(frozen=True)
+class InputTensor:
+    name: str
+    datatype: str
+    array: np.ndarray
+
+
+@dataclass(frozen=True)
 class InferRequest:
     id: str | None
-    array: np.ndarray
+    inputs: tuple[InputTensor, ...]  # in request order; which ones a model takes: v2_features
     outputs: tuple[RequestedOutput, ...]  # in request order: [predict] when none were asked
 
     def wants(self, name: str) -> bool:
@@ -105,18 +112,14 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     """Decode an infer request body; MalformedRequest / InvalidInput name what is wrong."""
     header, binary = _split_body(body, header_length)
     payload = _load_envelope(header)
-    if len(payload["inputs"]) != 1:
-        raise InvalidInput(
-            f"expected exactly one input tensor of shape [N, n_features], "
-            f"got {len(payload['inputs'])}"
-        )
-    spec = payload["inputs"][0]
-    array = _decode_input(spec, binary, _may_have_bools(header, payload))
+    if not payload["inputs"]:
+        raise InvalidInput("the inference request has no input tensor")
+    inputs = _decode_inputs(payload["inputs"], binary, _may_have_bools(header, payload))
     binary_default = _flag(payload["parameters"], "binary_data_output", "request parameter")
     outputs = tuple(_requested_output(o, binary_default) for o in payload["outputs"])
     return InferRequest(
         id=payload["id"],
-        array=array,
+        inputs=inputs,
         outputs=outputs or (RequestedOutput(PREDICT, binary_default),),
     )
 
@@ -158,7 +161,26 @@ def _requested_output(output: dict[str, Any], binary_default: bool) -> Requested
     return RequestedOutput(name, binary)
 
 
-def _decode_input(spec: dict[str, Any], binary: memoryview, may_have_bools: bool) -> np.ndarray:
+def _decode_inputs(
+    specs: list[dict[str, Any]], binary: memoryview, may_have_bools: bool
+) -> tuple[InputTensor, ...]:
+    """Each input's tensor; binary data follows the header in the order of the inputs (the last
+    one with binary data is given all the bytes left, so a size that does not add up is named)."""
+    tensors, at = [], 0
+    with_binary = [i for i, spec in enumerate(specs) if "binary_data_size" in spec["parameters"]]
+    for i, spec in enumerate(specs):
+        size = spec["parameters"].get("binary_data_size")
+        last = not with_binary or i >= with_binary[-1]
+        end = len(binary) if last or type(size) is not int else at + max(size, 0)
+        array = _decode_input(spec, binary[at:end], may_have_bools, last)
+        tensors.append(InputTensor(spec["name"], spec["datatype"], array))
+        at = end if size is not None else at
+    return tuple(tensors)
+
+
+def _decode_input(
+    spec: dict[str, Any], binary: memoryview, may_have_bools: bool, last: bool = True
+) -> np.ndarray:
     name, shape, parameters = spec["name"], spec["shape"], spec["parameters"]
     tensor = _Tensor(f"input {name!r}", shape, spec["datatype"])
     _refuse_unsupported(parameters, tensor.what)
@@ -169,7 +191,7 @@ def _decode_input(spec: dict[str, Any], binary: memoryview, may_have_bools: bool
         raise InvalidInput(f"{tensor.what}: give data or parameters.binary_data_size, not both")
     if size is not None:
         return tensor.from_binary(size, binary)
-    if binary:
+    if binary and last:
         raise InvalidInput(
             f"{len(binary)} bytes follow the JSON header but {tensor.what} has no binary_data_size"
         )

@@ -318,11 +318,7 @@ KINDS: dict[str, Callable[[], Trained]] = {
 }
 DOORS = ("v1", "v2", "invocations", "batch")
 # Cells that do not work yet: (kind, door) -> why.
-XFAIL: dict[tuple[str, str], str] = {
-    ("imputer_pipeline", "v2"): "V2 takes one numeric tensor: GET /v2/models/<name> advertises "
-    "input-0 FP64 [-1, 11] and /infer refuses the string feature `sex` in it (no BYTES input "
-    "or tensor per feature yet, issue 18 item 3)",
-}
+XFAIL: dict[tuple[str, str], str] = {}
 
 
 def _cases() -> list[Any]:
@@ -487,19 +483,21 @@ def ask_v1(zoo: Zoo, kind: str) -> list[Any]:
 
 
 def ask_v2(zoo: Zoo, kind: str) -> list[Any]:
-    """The inputs `GET /v2/models/zoo` describes, then /infer; the predict output, reshaped."""
+    """The inputs `GET /v2/models/zoo` describes (one [N, n] tensor, or one per feature for a
+    model with string features), then /infer; the predict output, reshaped."""
     port, rows = zoo.server.port, json_rows(zoo.trained[kind])
     # An FP64 tensor holds numbers: a boolean feature is 1.0/0.0 there, as the model takes it.
     rows = [[float(v) if type(v) is bool else v for v in row] for row in rows]
     metadata = http_request(port, "GET", f"/v2/models/{NAME}").body
-    [spec] = metadata["inputs"]
-    assert spec["shape"] == [-1, len(rows[0])], metadata
-    tensor = {
-        "name": spec["name"],
-        "datatype": spec["datatype"],
-        "shape": [len(rows), len(rows[0])],
-    }
-    body = {"inputs": [{**tensor, "data": rows}], "outputs": [{"name": "predict"}]}
+    if len(metadata["inputs"]) == 1:
+        [spec] = metadata["inputs"]
+        assert spec["shape"] == [-1, len(rows[0])], metadata
+        shape = [len(rows), len(rows[0])]
+        inputs = [{"name": spec["name"], "datatype": spec["datatype"], "shape": shape}]
+        inputs[0]["data"] = rows
+    else:
+        inputs = _feature_tensors(zoo.trained[kind], rows, metadata["inputs"])
+    body = {"inputs": inputs, "outputs": [{"name": "predict"}]}
     reply = http_request(port, "POST", f"/v2/models/{NAME}/infer", body)
     assert reply.status == 200, reply.body
     [output] = reply.body["outputs"]
@@ -509,6 +507,20 @@ def ask_v2(zoo: Zoo, kind: str) -> list[Any]:
     assert output["shape"] == list(want.shape)
     assert advertised["shape"] == [-1, *want.shape[1:]], metadata
     return [np.asarray(output["data"], dtype=object).reshape(want.shape).tolist()]
+
+
+def _feature_tensors(
+    trained: Trained, rows: list[list[Any]], specs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One [N, 1] tensor per feature, as the metadata lists them (named by the columns)."""
+    assert [spec["name"] for spec in specs] == trained.columns(), specs
+    tensors = []
+    for j, spec in enumerate(specs):
+        assert spec["shape"] == [-1, 1], spec
+        column = [[row[j]] for row in rows]
+        tensor = {"name": spec["name"], "datatype": spec["datatype"], "shape": [len(rows), 1]}
+        tensors.append({**tensor, "data": column})
+    return tensors
 
 
 def ask_invocations(zoo: Zoo, kind: str) -> list[Any]:

@@ -8,11 +8,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
+import pandas as pd
 import pytest
 import tritonclient.http as tritonclient_http
 from tritonclient.utils import InferenceServerException
 
+from serving.store.model_store import ModelStore
 from tests.e2e.conftest import GunicornServer, server_env
 
 pytestmark = pytest.mark.e2e
@@ -31,10 +34,15 @@ def _get_json(port: int, path: str, body: Any = None) -> tuple[int, Any]:
 
 @pytest.fixture(scope="module")
 def server(
-    copy_store: Callable[[], Path], start_server: Callable[..., GunicornServer]
+    copy_store: Callable[[], Path],
+    start_server: Callable[..., GunicornServer],
+    mixed_artifact: tuple[Path, Path],
 ) -> GunicornServer:
-    """iris v1 and diabetes v1 in production (`serving demo`), iris v2 and v3 stored only."""
-    env = server_env(copy_store(), statsd_port=9, workers=1, extra={"SERVING_STATSD_HOST": ""})
+    """iris v1 and diabetes v1 in production (`serving demo`), iris v2 and v3 stored only;
+    churn (numbers and categories: one tensor per feature) in production."""
+    store = copy_store()
+    ModelStore(store).register("churn", *mixed_artifact, activate=True, actor="test")
+    env = server_env(store, statsd_port=9, workers=1, extra={"SERVING_STATSD_HOST": ""})
     return start_server(env)
 
 
@@ -142,6 +150,26 @@ def test_scores_output_is_the_decision_function(
     assert np.allclose(scores, want, atol=1e-12)
 
 
+@pytest.mark.parametrize("binary_input", [True, False], ids=["binary-in", "json-in"])
+def test_one_tensor_per_feature_for_a_model_with_categories(
+    triton: Any, mixed_artifact: tuple[Path, Path], binary_input: bool
+) -> None:
+    """What the metadata lists, sent as Triton clients send it: BYTES from np.object_ arrays."""
+    frame = pd.read_csv(mixed_artifact[1]).head(5)
+    metadata = triton.get_model_metadata("churn")
+    inputs = []
+    for spec in metadata["inputs"]:
+        column = frame[spec["name"]].to_numpy()
+        array = column.astype(object if spec["datatype"] == "BYTES" else np.float64)
+        tensor = tritonclient_http.InferInput(spec["name"], [len(frame), 1], spec["datatype"])
+        inputs.append(tensor.set_data_from_numpy(array.reshape(-1, 1), binary_data=binary_input))
+    result = triton.infer(
+        "churn", inputs, outputs=[tritonclient_http.InferRequestedOutput("predict")]
+    )
+    want = joblib.load(mixed_artifact[0]).predict(frame).tolist()
+    assert _labels(result.as_numpy("predict")) == want
+
+
 def test_regressor_predictions(server: GunicornServer, triton: Any) -> None:
     rows = [[0.01 * i for i in range(10)], [0.0] * 10]
     result = triton.infer("diabetes", [_input(rows, "FP64", True)])
@@ -161,6 +189,7 @@ def test_repository_index(triton: Any) -> None:
     index = triton.get_model_repository_index()
     states = {(m["name"], m["version"]): m["state"] for m in index}
     assert states == {
+        ("churn", "1"): "READY",
         ("diabetes", "1"): "READY",
         ("iris", "1"): "READY",
         ("iris", "2"): "UNAVAILABLE",
