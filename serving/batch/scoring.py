@@ -193,9 +193,8 @@ class Scorer:
             warnings.filterwarnings("ignore", message="X does not have valid feature names")
             predictions = np.asarray(model.predict(features))
             floats = [np.asarray(model.predict_proba(features))] if self._job.proba else []
-            if self._job.scores:  # the estimator's own method (a numpy kernel has none)
-                method = getattr(self._loaded.model, str(self._loaded.score_method))
-                scores = np.asarray(method(features), dtype=np.float64)
+            if self._job.scores:
+                scores = np.asarray(self._loaded.scores(features), dtype=np.float64)
                 floats.append(scores.reshape(len(scores), -1))
         return predictions, np.hstack(floats) if floats else None
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from serving.cli.tables import print_parity_failure
 from serving.store.base import StoreBase
 
 
@@ -36,10 +36,7 @@ def run(store: StoreBase, args: argparse.Namespace) -> int:
     try:
         manifest = export(store, args.name, args.version, Path(args.edge), web_dir)
     except ParityError as exc:
-        print(f"error: {exc.message}; no bundle written", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        print(json.dumps(exc.report, indent=2, default=str), file=sys.stderr)
+        print_parity_failure(exc, "no bundle written")
         return 1
     size = sum(entry["bytes"] for entry in manifest["files"].values())
     print(

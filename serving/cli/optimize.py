@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from serving.cli.tables import print_parity_failure
 from serving.store.base import StoreBase
 
 if TYPE_CHECKING:
@@ -54,10 +54,7 @@ def run(store: StoreBase, args: argparse.Namespace) -> int:
     try:
         version, report = optimize(store, args.name, args.version, args.actor, gate)
     except ParityError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        print(json.dumps(exc.report, indent=2, default=str), file=sys.stderr)
+        print_parity_failure(exc)
         return 1
     print(f"{args.name}: version {version} {_summary(args.version, report, gate)}", file=sys.stderr)
     print(version)

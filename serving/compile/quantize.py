@@ -98,6 +98,8 @@ def quantize_model(onnx_bytes: bytes, what: str) -> tuple[bytes, dict[str, Any]]
                 target,
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 weight_type=QuantType.QInt8,
+                # 7-bit weights: x86 CPUs without VNNI (AVX2) saturate 8-bit u8s8 products.
+                reduce_range=True,
                 # ai.onnx.ml nodes (Scaler, LinearClassifier...) defeat shape inference.
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )

@@ -79,6 +79,10 @@ class LoadedModel:
         value = self.metadata.get("scores")
         return str(value) if value and self.metadata.get("format") != "onnx" else None
 
+    def scores(self, features: Any) -> Any:
+        """The estimator's own score method (a numpy kernel has none) on validated input."""
+        return getattr(self.model, str(self.score_method))(features)
+
     @property
     def score_width(self) -> int:
         """Scores per row: 1 (binary, outliers) or the number of classes."""

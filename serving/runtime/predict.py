@@ -144,9 +144,8 @@ def _compute(loaded: LoadedModel, features: Any, rows: int, return_proba: bool) 
 
 def _scores(loaded: LoadedModel, features: Any) -> np.ndarray:
     """The version's score method on the validated input, float64 in C order."""
-    method = getattr(loaded.model, str(loaded.score_method))
     try:
-        scores = method(features)
+        scores = loaded.scores(features)
     except (ValueError, TypeError, KeyError) as exc:
         raise InvalidInput(f"the model rejected the input: {exc}") from None
     return np.ascontiguousarray(scores, dtype=np.float64)

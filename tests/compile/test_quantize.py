@@ -29,11 +29,13 @@ def _optimize(store: ModelStore, name: str, version: int, *flags: str) -> int:
 
 @pytest.fixture(scope="session")
 def mlp_artifacts(artifacts_dir: Path) -> tuple[Path, Path]:
-    """An MLP classifier Pipeline over 40 named features (+ its reference CSV)."""
+    """An MLP classifier Pipeline over 40 named features (+ its reference CSV). One hidden layer:
+    int8 of a (32, 32) MLP misses the 0.1 probability gate on x86 CPUs without VNNI (AVX2 only:
+    0.12 with reduce_range, 0.33 without), where this one stays under 0.07."""
     rng = np.random.default_rng(3)
     frame = pd.DataFrame(rng.normal(size=(600, 40)), columns=[f"x{i:02d}" for i in range(40)])
     target = np.where(frame.iloc[:, :10].sum(axis=1) > 0, "yes", "no")
-    mlp = MLPClassifier((32, 32), max_iter=300, random_state=0)
+    mlp = MLPClassifier((32,), max_iter=300, random_state=0)
     model = Pipeline([("scale", StandardScaler()), ("mlp", mlp)]).fit(frame, target)
     path, reference = artifacts_dir / "mlp.joblib", artifacts_dir / "mlp.csv"
     joblib.dump(model, path)
@@ -68,7 +70,7 @@ def test_quantize_registers_an_int8_version_that_passes_its_stated_gate(
     assert meta["format"] == "onnx" and meta["source_version"] == 1
     quant = meta["quantization"]
     assert quant["method"] == "dynamic" and quant["weight_type"] == "QInt8"
-    assert quant["quantized_nodes"] == {"MatMul": 3}
+    assert quant["quantized_nodes"] == {"MatMul": 2}
     assert quant["size_bytes_int8"] < quant["size_bytes_fp32"]
     assert meta["size_bytes"] == quant["size_bytes_int8"]
     parity = meta["parity"]
